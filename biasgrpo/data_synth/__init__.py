@@ -1,0 +1,1 @@
+"""Bias data: the record format, benchmark and Hub loaders, the LLM synthesizer."""

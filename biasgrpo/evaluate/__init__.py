@@ -1,0 +1,1 @@
+"""Evaluate policies on bias benchmarks and write reports."""

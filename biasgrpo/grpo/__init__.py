@@ -1,0 +1,1 @@
+"""A compact GRPO loop against any reward function with the TRL signature."""

@@ -1,0 +1,1 @@
+"""Bias reward models: train, distill, export to ONNX, score."""
