@@ -24,9 +24,9 @@ app = typer.Typer(
 # become top-level commands. A component that is not built yet is skipped; any other import error is real.
 _COMPONENTS: list[tuple[str, str, str, str]] = [
     ("biasgrpo.data_synth.cli", "data_app", "group", "data"),
-    ("biasgrpo.data_synth.cli", "synth_command", "command", "synth"),
+    ("biasgrpo.data_synth.synth_cli", "synth_command", "command", "synth"),
     ("biasgrpo.reward.cli", "app", "group", "reward"),
-    ("biasgrpo.reward.cli", "serve_command", "command", "serve"),
+    ("biasgrpo.reward.server_cli", "serve_command", "command", "serve"),
     ("biasgrpo.grpo.cli", "app", "group", "grpo"),
     ("biasgrpo.evaluate.cli", "app", "group", "eval"),
     ("biasgrpo.pipeline", "pipeline_command", "command", "pipeline"),
