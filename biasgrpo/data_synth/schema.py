@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from biasgrpo.data_synth.domains import DOMAINS
 
@@ -37,6 +37,7 @@ class RecordError(ValueError):
     """A record failed validation. ``where`` is ``file:line`` when it came from a file."""
 
     def __init__(self, message: str, *, field: str | None = None, where: str | None = None):
+        self.message = message
         self.field = field
         self.where = where
         prefix = f"{where}: " if where else ""
@@ -155,8 +156,12 @@ class PromptRecord:
         return asdict(self)
 
 
-Record = Union[PreferenceRecord, ScalarRecord, PromptRecord]
-RECORD_TYPES: dict[str, type] = {"preference": PreferenceRecord, "scalar": ScalarRecord, "prompt": PromptRecord}
+Record = PreferenceRecord | ScalarRecord | PromptRecord
+RECORD_TYPES: dict[str, type] = {
+    "preference": PreferenceRecord,
+    "scalar": ScalarRecord,
+    "prompt": PromptRecord,
+}
 
 
 def detect_kind(data: dict[str, Any]) -> RecordKind:
@@ -215,7 +220,7 @@ def iter_jsonl(
                 rec = record_from_dict(data, file_kind)
                 file_kind = file_kind or rec.kind
             except RecordError as exc:
-                exc = RecordError(str(exc), field=exc.field, where=where) if exc.where is None else exc
+                exc = RecordError(exc.message, field=exc.field, where=where) if exc.where is None else exc
                 if not skip_invalid:
                     raise exc from None
                 report.n_skipped += 1
