@@ -3,8 +3,8 @@ PY     ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= cpu,train,serve,peer,dev
-STAMP  := $(VENV)/.setup-$(subst $(comma),-,$(EXTRAS))
 comma  := ,
+STAMP  := $(VENV)/.setup-$(subst $(comma),-,$(EXTRAS))
 OUT    ?= runs/demo
 
 .PHONY: setup test test-slow demo bench lint format clean lock
