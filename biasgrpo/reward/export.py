@@ -155,7 +155,7 @@ def _quantize(src: Path, dst: Path) -> None:
         root.setLevel(level)
 
 
-def _model_card(scorer_cfg: dict[str, Any], card: dict[str, Any] | None) -> str:
+def model_card_text(scorer_cfg: dict[str, Any], card: dict[str, Any] | None) -> str:
     card = card or {}
     prov = scorer_cfg["provenance"]
     parity = scorer_cfg.get("parity", {})
@@ -305,7 +305,7 @@ def export_onnx(
         scorer_cfg["parity"] = parity
         scorer_cfg["files"] = {name: _sha256(tmp / name) for name in [*models.values(), TOKENIZER_FILE]}
         write_json(tmp / SCORER_CONFIG, scorer_cfg)
-        atomic_write_text(tmp / "README.md", _model_card(scorer_cfg, model_card))
+        atomic_write_text(tmp / "README.md", model_card_text(scorer_cfg, model_card))
         # mkdtemp/mkstemp create owner-only files; a model folder is meant to be shared and served.
         os.chmod(tmp, 0o755)
         for f in tmp.iterdir():
