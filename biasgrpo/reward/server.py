@@ -26,7 +26,9 @@ import hmac
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -434,7 +436,18 @@ def serve(config: ServerConfig, scorer: Scorer | None = None) -> None:
     sock = bind_socket(config.host, config.port)
     host, port = sock.getsockname()[:2]
     logger.warning("biasgrpo reward server on http://%s:%d/get_reward (health: /health)", host, port)
+    # uvicorn drains requests on SIGTERM/SIGINT, then re-raises the signal to the handler installed before
+    # it started; a recording no-op there makes a signalled shutdown a clean exit (status 0).
+    received: list[int] = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        logger.warning("reward server stopped cleanly on %s", signal.Signals(received[0]).name)
