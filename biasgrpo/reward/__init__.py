@@ -25,7 +25,7 @@ _EXPORTS = {
     "TrainConfig": "biasgrpo.reward.train",
     "train_teacher": "biasgrpo.reward.train",
     "DistillConfig": "biasgrpo.reward.distill",
-    "distill": "biasgrpo.reward.distill",
+    "distill_teacher": "biasgrpo.reward.distill",
     "distill_from_model": "biasgrpo.reward.distill",
     "ExportConfig": "biasgrpo.reward.export",
     "ParityError": "biasgrpo.reward.export",
@@ -47,7 +47,7 @@ __all__ = [
     "TrainConfig",
     "build_default",
     "default_model_dir",
-    "distill",
+    "distill_teacher",
     "distill_from_model",
     "evaluate_records",
     "export_onnx",
@@ -58,7 +58,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from biasgrpo.reward.default import build_default
-    from biasgrpo.reward.distill import DistillConfig, distill, distill_from_model
+    from biasgrpo.reward.distill import DistillConfig, distill_from_model, distill_teacher
     from biasgrpo.reward.export import ExportConfig, ParityError, export_onnx
     from biasgrpo.reward.metrics import evaluate_records
     from biasgrpo.reward.model import TorchScorer, load_reward_model

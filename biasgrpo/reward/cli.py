@@ -99,7 +99,7 @@ def distill(
 ) -> None:
     """Train a compact student to reproduce a teacher's scores."""
     from biasgrpo.reward.distill import DistillConfig
-    from biasgrpo.reward.distill import distill as run_distill
+    from biasgrpo.reward.distill import distill_teacher as run_distill
 
     try:
         config = DistillConfig(

@@ -35,8 +35,9 @@ def default_train_config() -> Any:
         batch_size=16,
         lr=1e-4,
         max_length=128,
-        max_train=3000,
-        max_val=600,
+        max_train=2000,
+        max_val=400,
+        freeze_embeddings=True,
     )
 
 
@@ -60,7 +61,7 @@ def build_default(
 ) -> dict[str, Any]:
     """Build the default reward model; returns paths, timings (seconds per stage) and test metrics."""
     from biasgrpo.data_synth.schema import load_records
-    from biasgrpo.reward.distill import distill
+    from biasgrpo.reward.distill import distill_teacher
     from biasgrpo.reward.distill import distillation_rows as rows_of
     from biasgrpo.reward.export import ExportConfig, export_onnx, model_card_text
     from biasgrpo.reward.metrics import evaluate_records
@@ -96,7 +97,7 @@ def build_default(
     t = time.time()
     if rebuild or not (student_dir / "metrics.json").is_file():
         unlabeled = data / "prompts_train.jsonl"
-        distill(
+        distill_teacher(
             teacher_dir, data / "train.jsonl", student_dir, distill_config or default_distill_config(),
             val_data=data / "val.jsonl", unlabeled_data=unlabeled if unlabeled.is_file() else None, progress=progress,
         )  # fmt: skip

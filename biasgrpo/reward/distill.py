@@ -394,7 +394,7 @@ def distillation_rows(
     return texts, prompts, pairs
 
 
-def distill(
+def distill_teacher(
     teacher_dir: str | os.PathLike[str],
     train_data: str | os.PathLike[str] | list[Any],
     out_dir: str | os.PathLike[str],
