@@ -251,7 +251,7 @@ def build_default_command(
 
     try:
         result = build_default(out, data_dir=data, rebuild=rebuild)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(result["timings"], indent=2))
     typer.echo(f"default reward model ready at {result['onnx']}")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -76,10 +78,13 @@ def build_default(
     data = Path(data_dir) if data_dir is not None else root / "data"
     t = time.time()
     if not (data / "train.jsonl").is_file() or (rebuild and data_dir is None):
-        # The one place the reward component reaches into data building: the default model needs data.
-        from biasgrpo.data_synth.build import BuildConfig, build_dataset
-
-        build_dataset(BuildConfig(out=str(data)), progress=progress)
+        # Stages meet through files: the data build runs as its own command, so the reward component
+        # depends on the record files, not on the data-building code.
+        cmd = [sys.executable, "-m", "biasgrpo.cli", "data", "build", "--out", str(data)]
+        logger.info("building the dataset: %s", " ".join(cmd))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not (data / "train.jsonl").is_file():
+            raise RuntimeError(f"`biasgrpo data build --out {data}` failed:\n{proc.stderr[-2000:]}")
     timings["data"] = round(time.time() - t, 1)
 
     teacher_dir, student_dir, onnx_dir = root / "teacher", root / "student", root / "onnx"
