@@ -404,7 +404,9 @@ def create_app(config: ServerConfig, scorer: Scorer | None = None) -> Any:
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket (port 0 = any free port); read the port from ``sock.getsockname()[1]``."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on TCP-proto sockets, and without it small
+    # responses wait ~40 ms for delayed ACKs (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
