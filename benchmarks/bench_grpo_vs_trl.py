@@ -84,7 +84,11 @@ def run_ours(args: argparse.Namespace) -> dict:
         total = time.perf_counter() - t0
         rows = [json.loads(x) for x in open(os.path.join(tmp, "metrics.jsonl"))]
     times = [r["step_time"] for r in rows]
-    return {"step_times": times, "total_s": total, "completion_length": [r["completion_length"] for r in rows]}
+    return {
+        "step_times": times,
+        "total_s": total,
+        "completion_length": [r["completion_length"] for r in rows],
+    }
 
 
 def run_trl(args: argparse.Namespace) -> dict:

@@ -50,7 +50,14 @@ def test_unknown_key_in_file_is_an_error(tmp_path):
 
 def test_overrides_parse_by_type():
     cfg = GRPOConfig().with_overrides(
-        ["beta=0", "lora=false", "loss_type=dr_grpo", "reward_weights=[1, 0.25]", "system_prompt=none", "seed=3"]
+        [
+            "beta=0",
+            "lora=false",
+            "loss_type=dr_grpo",
+            "reward_weights=[1, 0.25]",
+            "system_prompt=none",
+            "seed=3",
+        ]
     )
     assert cfg.beta == 0.0 and cfg.lora is False and cfg.loss_type == "dr_grpo"
     assert cfg.reward_weights == [1.0, 0.25] and cfg.system_prompt is None and cfg.seed == 3

@@ -142,7 +142,12 @@ def test_aggregation_is_exact_under_gradient_accumulation(loss_type):
     full = aggregate_loss(per_token, mask, loss_type, max_len=5)
     parts = sum(
         aggregate_loss(
-            per_token[i : i + 2], mask[i : i + 2], loss_type, max_len=5, total_sequences=6, total_tokens=mask.sum()
+            per_token[i : i + 2],
+            mask[i : i + 2],
+            loss_type,
+            max_len=5,
+            total_sequences=6,
+            total_tokens=mask.sum(),
         )
         for i in (0, 2, 4)
     )

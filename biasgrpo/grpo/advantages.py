@@ -42,7 +42,9 @@ def group_advantages(
     rewards: (B,) with B = n_groups * group_size, NaN = unscorable. Returns (B,) advantages, 0 for NaN rows.
     """
     if rewards.dim() != 1 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be 1-D with a multiple of {group_size} rows, got shape {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be 1-D with a multiple of {group_size} rows, got shape {tuple(rewards.shape)}"
+        )
     grouped = rewards.view(-1, group_size)  # (n_groups, G)
     centred = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)).view(-1)  # (B,)
     if scale == "group":
@@ -91,7 +93,9 @@ def combine_rewards(
     if aggregation == "sum_then_normalize":
         return total, group_advantages(total, group_size, scale=scale, std_floor=std_floor)
     if aggregation != "normalize_then_sum":
-        raise ValueError(f"aggregation must be 'sum_then_normalize' or 'normalize_then_sum', got {aggregation!r}")
+        raise ValueError(
+            f"aggregation must be 'sum_then_normalize' or 'normalize_then_sum', got {aggregation!r}"
+        )
     k = rewards_per_func.size(1)
     grouped = rewards_per_func.view(-1, group_size, k)  # (n_groups, G, K)
     mean_k = torch.nanmean(grouped, dim=1, keepdim=True)  # (n_groups, 1, K)

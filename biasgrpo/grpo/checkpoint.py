@@ -38,7 +38,9 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
+def load_trainable_state(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], where: str = "checkpoint"
+) -> None:
     """Copy saved trainable parameters into ``model``; the names must match exactly."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
@@ -73,7 +75,9 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step}-", dir=root))
     try:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt"
+        )
         torch.save({"torch": torch.get_rng_state(), "generator": generator.get_state()}, tmp / "rng.pt")
         np_state = np.random.get_state()
         state = {

@@ -32,10 +32,17 @@ def read_prompts(path: Path) -> list[str]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise typer.BadParameter(f"{path}:{lineno}: invalid JSON ({exc.msg})", param_hint="--prompts") from None
-                if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
                     raise typer.BadParameter(
-                        f"{path}:{lineno}: each row needs a non-empty string field 'prompt'", param_hint="--prompts"
+                        f"{path}:{lineno}: invalid JSON ({exc.msg})", param_hint="--prompts"
+                    ) from None
+                if (
+                    not isinstance(row, dict)
+                    or not isinstance(row.get("prompt"), str)
+                    or not row["prompt"].strip()
+                ):
+                    raise typer.BadParameter(
+                        f"{path}:{lineno}: each row needs a non-empty string field 'prompt'",
+                        param_hint="--prompts",
                     )
                 prompts.append(row["prompt"])
             else:
@@ -47,9 +54,13 @@ def read_prompts(path: Path) -> list[str]:
 
 @app.command()
 def train(
-    prompts: Path = typer.Option(..., "--prompts", help="JSONL with a 'prompt' field per row, or a .txt, one per line."),
+    prompts: Path = typer.Option(
+        ..., "--prompts", help="JSONL with a 'prompt' field per row, or a .txt, one per line."
+    ),
     out: Path = typer.Option(..., "--out", help="Run folder (metrics, samples, checkpoints, policy, plots)."),
-    policy: str = typer.Option("default", "--policy", help="Model alias, folder or Hub id (default: smollm2)."),
+    policy: str = typer.Option(
+        "default", "--policy", help="Model alias, folder or Hub id (default: smollm2)."
+    ),
     reward: list[str] = typer.Option(
         ["default"],
         "--reward",
@@ -59,9 +70,15 @@ def train(
         None, "--eval-prompts", help="Held-out prompts (default: num_eval_prompts split off --prompts)."
     ),
     config: Path | None = typer.Option(None, "--config", help="GRPOConfig JSON file."),
-    preset: str = typer.Option("default", "--preset", help="'default' or 'tiny' (seconds on CPU, for smoke runs)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config field: --set key=value (repeatable)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue exactly from the newest checkpoint in --out."),
+    preset: str = typer.Option(
+        "default", "--preset", help="'default' or 'tiny' (seconds on CPU, for smoke runs)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a config field: --set key=value (repeatable)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue exactly from the newest checkpoint in --out."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a policy with GRPO against one or more reward functions."""
@@ -97,7 +114,9 @@ def train(
 
 @app.command()
 def sample(
-    policy: str = typer.Option("default", "--policy", help="Trained policy folder (adapters or full), alias or id."),
+    policy: str = typer.Option(
+        "default", "--policy", help="Trained policy folder (adapters or full), alias or id."
+    ),
     prompts: Path = typer.Option(..., "--prompts", help="JSONL with a 'prompt' field per row, or a .txt."),
     n: int = typer.Option(1, "--n", min=1, help="Completions per prompt."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),

@@ -28,7 +28,9 @@ class GRPOConfig:
 
     # -- sampling
     num_generations: int = 4  # G: completions per prompt (the group)
-    prompts_per_step: int = 4  # prompts per optimisation step; the batch holds prompts_per_step * G completions
+    prompts_per_step: int = (
+        4  # prompts per optimisation step; the batch holds prompts_per_step * G completions
+    )
     max_new_tokens: int = 64
     max_prompt_length: int = 256  # longer prompts are truncated from the left
     temperature: float = 1.0
@@ -85,14 +87,27 @@ class GRPOConfig:
 
         def non_negative(name: str) -> None:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise ValueError(f"GRPOConfig.{name} must be a finite number >= 0, got {value!r}")
 
         def choice(name: str, options: tuple[str, ...]) -> None:
             if getattr(self, name) not in options:
-                raise ValueError(f"GRPOConfig.{name} must be one of {list(options)}, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"GRPOConfig.{name} must be one of {list(options)}, got {getattr(self, name)!r}"
+                )
 
-        for name in ("num_generations", "prompts_per_step", "max_new_tokens", "max_prompt_length", "max_steps"):
+        for name in (
+            "num_generations",
+            "prompts_per_step",
+            "max_new_tokens",
+            "max_prompt_length",
+            "max_steps",
+        ):
             positive(name)
         for name in ("gradient_accumulation_steps", "num_iterations", "lora_rank"):
             positive(name)
@@ -100,7 +115,13 @@ class GRPOConfig:
             non_negative(name)
         for name in ("std_floor", "zero_std_tol", "eval_every", "num_eval_prompts", "save_every"):
             non_negative(name)
-        for name in ("keep_checkpoints", "num_samples_logged", "eval_temperature", "lora_dropout", "torch_threads"):
+        for name in (
+            "keep_checkpoints",
+            "num_samples_logged",
+            "eval_temperature",
+            "lora_dropout",
+            "torch_threads",
+        ):
             non_negative(name)
         if self.num_generations < 2:
             raise ValueError(
@@ -112,7 +133,9 @@ class GRPOConfig:
         if not (0.0 < self.top_p <= 1.0):
             raise ValueError(f"GRPOConfig.top_p must be in (0, 1], got {self.top_p!r}")
         if self.epsilon_low >= 1.0:
-            raise ValueError(f"GRPOConfig.epsilon_low must be < 1 (ratio clip at 1 - eps), got {self.epsilon_low}")
+            raise ValueError(
+                f"GRPOConfig.epsilon_low must be < 1 (ratio clip at 1 - eps), got {self.epsilon_low}"
+            )
         if not (0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0):
             raise ValueError("GRPOConfig.adam_beta1 and adam_beta2 must be in [0, 1)")
         batch = self.prompts_per_step * self.num_generations
@@ -128,7 +151,9 @@ class GRPOConfig:
         choice("dtype", DTYPES)
         if self.reward_weights is not None:
             if not isinstance(self.reward_weights, list | tuple) or not self.reward_weights:
-                raise ValueError(f"GRPOConfig.reward_weights must be a non-empty list, got {self.reward_weights!r}")
+                raise ValueError(
+                    f"GRPOConfig.reward_weights must be a non-empty list, got {self.reward_weights!r}"
+                )
             self.reward_weights = [float(w) for w in self.reward_weights]
             if not all(math.isfinite(w) for w in self.reward_weights):
                 raise ValueError(f"GRPOConfig.reward_weights must be finite, got {self.reward_weights}")
@@ -151,6 +176,7 @@ class GRPOConfig:
             eval_every=0,
             num_eval_prompts=2,
             save_every=0,
+            torch_threads=1,  # a 2-layer model gains nothing from more threads, and they cost on a busy machine
         )
         base.update(overrides)
         return cls(**base)
@@ -219,7 +245,9 @@ def _parse_value(raw: str, hint: Any, key: str) -> Any:
         if hint is float:
             return float(raw)
         if origin is list:
-            value = json.loads(raw) if raw.startswith("[") else [v.strip() for v in raw.split(",") if v.strip()]
+            value = (
+                json.loads(raw) if raw.startswith("[") else [v.strip() for v in raw.split(",") if v.strip()]
+            )
             inner = get_args(hint)[0] if get_args(hint) else str
             return [inner(v) for v in value]
         return raw

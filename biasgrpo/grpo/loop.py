@@ -33,7 +33,13 @@ from biasgrpo.grpo.advantages import combine_rewards, nanstd, zero_std_groups
 from biasgrpo.grpo.config import GRPOConfig
 from biasgrpo.grpo.loss import aggregate_loss, clipped_surrogate, kl_k3, masked_mean
 from biasgrpo.grpo.rewards import RewardFunc, call_reward_funcs, reward_func_name
-from biasgrpo.grpo.rollout import eos_token_ids, rollout, sample_completions, sequence_logprobs, tokenize_prompts
+from biasgrpo.grpo.rollout import (
+    eos_token_ids,
+    rollout,
+    sample_completions,
+    sequence_logprobs,
+    tokenize_prompts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -218,14 +224,15 @@ def train_grpo(
     ``stop_at_step``: stop after this step (checkpointing it) as if interrupted; the LR schedule still
     spans ``config.max_steps``.
     """
-    from tqdm.auto import tqdm
 
     funcs = [reward_funcs] if callable(reward_funcs) else list(reward_funcs)
     if not funcs:
         raise ValueError("train_grpo needs at least one reward function")
     weights = config.reward_weights or [1.0] * len(funcs)
     if len(weights) != len(funcs):
-        raise ValueError(f"GRPOConfig.reward_weights has {len(weights)} entries for {len(funcs)} reward functions")
+        raise ValueError(
+            f"GRPOConfig.reward_weights has {len(weights)} entries for {len(funcs)} reward functions"
+        )
     names = [reward_func_name(f) for f in funcs]
     prompts = [str(p) for p in prompts]
     if eval_prompts is None:
@@ -233,8 +240,43 @@ def train_grpo(
     eval_prompts = list(eval_prompts)
     if not prompts:
         raise ValueError("no training prompts")
+    threads = torch.get_num_threads()
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
+    try:
+        return _train(
+            policy,
+            funcs,
+            names,
+            weights,
+            prompts,
+            eval_prompts,
+            config,
+            out_dir,
+            tokenizer,
+            resume,
+            stop_at_step,
+            progress,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    policy,
+    funcs,
+    names,
+    weights,
+    prompts,
+    eval_prompts,
+    config,
+    out_dir,
+    tokenizer,
+    resume,
+    stop_at_step,
+    progress,
+) -> TrainResult:
+    from tqdm.auto import tqdm
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,7 +298,9 @@ def train_grpo(
     metrics_path, eval_path, samples_path = out / "metrics.jsonl", out / "eval.jsonl", out / "samples.jsonl"
     latest = ckpt.latest_checkpoint(out) if resume else None
     if latest is not None:
-        state = ckpt.load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler, generator=generator)
+        state = ckpt.load_checkpoint(
+            latest, model=model, optimizer=optimizer, scheduler=scheduler, generator=generator
+        )
         step, cursor = int(state["step"]), int(state["cursor"])
         logger.info("resumed from %s (step %d)", latest, step)
         for path in (metrics_path, eval_path, samples_path):
@@ -287,7 +331,9 @@ def train_grpo(
     row: dict[str, Any] = {}
     while step < last_step:
         batch = prompts_at(prompts, cursor, config.prompts_per_step, config.seed)
-        row = grpo_step(model, ref_model, tokenizer, batch, funcs, names, weights, config, optimizer, scheduler, generator)
+        row = grpo_step(
+            model, ref_model, tokenizer, batch, funcs, names, weights, config, optimizer, scheduler, generator
+        )
         step += 1
         cursor += config.prompts_per_step
         row = {"step": step, **row}

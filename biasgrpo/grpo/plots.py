@@ -73,7 +73,9 @@ def paired_bootstrap(
     """Mean of (after - before) over paired prompts with a 95% percentile bootstrap interval."""
     b, a = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
     if b.shape != a.shape or b.size == 0:
-        raise ValueError(f"paired_bootstrap needs two equal-length non-empty lists, got {b.size} and {a.size}")
+        raise ValueError(
+            f"paired_bootstrap needs two equal-length non-empty lists, got {b.size} and {a.size}"
+        )
     ok = np.isfinite(a) & np.isfinite(b)
     diff = a[ok] - b[ok]
     rng = np.random.default_rng(seed)

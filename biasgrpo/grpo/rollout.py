@@ -91,6 +91,11 @@ def cache_kwarg(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def output_cache(out):
+    """The KV cache of a forward output (``cache`` in transformers >= 5.x, ``past_key_values`` before)."""
+    return out["cache"] if "cache" in out else out.past_key_values
+
+
 def _sample_next(
     logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -128,7 +133,9 @@ def _inverse_cdf_sample(
     order = None
     if top_p < 1.0:
         probs, order = probs.sort(dim=-1, descending=True)  # (N, V)
-        probs = probs.masked_fill(probs.cumsum(-1) - probs > top_p, 0.0)  # keep the smallest set with mass >= top_p
+        probs = probs.masked_fill(
+            probs.cumsum(-1) - probs > top_p, 0.0
+        )  # keep the smallest set with mass >= top_p
     cdf = probs.cumsum(-1)  # (N, V)
     u = torch.rand(cdf.size(0), 1, generator=generator, dtype=cdf.dtype) * cdf[:, -1:]  # (N, 1)
     idx = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.size(1) - 1)  # (N, 1)
@@ -160,9 +167,13 @@ def sample_completions(
     cache_kw = cache_kwarg(model)
     positions = position_ids_from_mask(prompt_mask)  # (P, Lp)
     out = model(
-        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
     )
-    cache = out.past_key_values
+    cache = output_cache(out)
     cache.batch_repeat_interleave(g)  # every prompt prefilled once, its cache shared by its G samples
     logits = out.logits[:, -1].repeat_interleave(g, dim=0)  # (N, V), N = P*G
     attn = prompt_mask.repeat_interleave(g, dim=0)  # (N, Lp)
@@ -179,9 +190,13 @@ def sample_completions(
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)  # (N, Lp + t + 1)
         out = model(
-            input_ids=nxt.unsqueeze(-1), attention_mask=attn, position_ids=next_pos, use_cache=True, **{cache_kw: cache}
+            input_ids=nxt.unsqueeze(-1),
+            attention_mask=attn,
+            position_ids=next_pos,
+            use_cache=True,
+            **{cache_kw: cache},
         )
-        cache = out.past_key_values
+        cache = output_cache(out)
         logits = out.logits[:, -1]  # (N, V)
         next_pos = next_pos + 1
     completion_ids = torch.stack(tokens, dim=1)  # (N, T)
@@ -192,11 +207,15 @@ def sample_completions(
 
 def completion_mask_at_eos(completion_ids: torch.Tensor, eos_token_ids) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask (N, T) that is 1 up to and including the first EOS, and truncated (N,) = no EOS at all."""
-    eos = torch.as_tensor(list(eos_token_ids) if not isinstance(eos_token_ids, torch.Tensor) else eos_token_ids)
+    eos = torch.as_tensor(
+        list(eos_token_ids) if not isinstance(eos_token_ids, torch.Tensor) else eos_token_ids
+    )
     is_eos = torch.isin(completion_ids, eos)  # (N, T)
     t = completion_ids.size(1)
     has_eos = is_eos.any(dim=1)  # (N,)
-    first = torch.where(has_eos, is_eos.long().argmax(dim=1), torch.full_like(has_eos, t, dtype=torch.long))  # (N,)
+    first = torch.where(
+        has_eos, is_eos.long().argmax(dim=1), torch.full_like(has_eos, t, dtype=torch.long)
+    )  # (N,)
     idx = torch.arange(t).unsqueeze(0)  # (1, T)
     mask = (idx <= first.unsqueeze(1)).long()  # (N, T)
     return mask, ~has_eos
@@ -218,7 +237,9 @@ def rollout(
 ) -> Rollout:
     """Format, tokenize and sample G completions for each prompt in one batched call."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    texts = format_prompts(tokenizer, prompts, use_chat_template=use_chat_template, system_prompt=system_prompt)
+    texts = format_prompts(
+        tokenizer, prompts, use_chat_template=use_chat_template, system_prompt=system_prompt
+    )
     prompt_ids, prompt_mask = tokenize_prompts(tokenizer, texts, max_prompt_length, pad)
     was_training = model.training
     model.eval()
@@ -242,7 +263,14 @@ def rollout(
         skip_special_tokens=True,
     )
     return Rollout(
-        list(prompts), prompt_ids, prompt_mask, completion_ids, completion_mask, truncated, completions, num_generations
+        list(prompts),
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        truncated,
+        completions,
+        num_generations,
     )
 
 
@@ -276,12 +304,16 @@ def sequence_logprobs(
     out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, logits_to_keep=1)
     first = out.logits[:, -1][inverse].unsqueeze(1)  # (N, 1, V): predicts completion token 0
     if t > 1:
-        cache = out.past_key_values
+        cache = output_cache(out)
         cache.batch_select_indices(inverse)  # (U, ...) -> (N, ...), differentiable gather
         attn = torch.cat([p_mask[inverse], completion_mask], dim=1)  # (N, Lp + T)
         pos = p_pos[inverse, -1:] + 1 + torch.arange(t).unsqueeze(0)  # (N, T)
         rest = model(
-            input_ids=completion_ids, attention_mask=attn, position_ids=pos, use_cache=True, **{cache_kwarg(model): cache}
+            input_ids=completion_ids,
+            attention_mask=attn,
+            position_ids=pos,
+            use_cache=True,
+            **{cache_kwarg(model): cache},
         ).logits[:, :-1]  # (N, T - 1, V): position i predicts token i + 1
         logits = torch.cat([first, rest], dim=1).float()  # (N, T, V)
     else:
