@@ -360,3 +360,14 @@ def test_length_and_fluency_rewards():
     assert fluency(completions=[[{"role": "assistant", "content": "a b c"}]]) == [1.0]
     with pytest.raises(ValueError, match="min_words"):
         LengthReward(min_words=5, max_words=2)
+
+
+def test_adapter_modules_do_not_import_torch():
+    code = (
+        "import sys; import biasgrpo.reward.adapters, biasgrpo.reward.combine, biasgrpo.reward.query, "
+        "biasgrpo.reward.openrlhf_reward, biasgrpo.reward.server, biasgrpo.reward.server_cli; "
+        "bad = [m for m in ('torch', 'transformers', 'trl', 'fastapi') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
