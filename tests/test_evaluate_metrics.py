@@ -170,3 +170,30 @@ def test_config_validation_messages():
         EvalConfig(bold_prompts="/nonexistent/prompts.jsonl")
     cfg = EvalConfig.tiny()
     assert cfg.size("bbq") == 8 and EvalConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_check_targets_reads_the_issue_targets():
+    from biasgrpo.evaluate.report import check_targets, targets_table
+
+    def row(base, trained, lo, hi):
+        return {
+            "base": base,
+            "trained": trained,
+            "delta": trained - base,
+            "ci_low": lo,
+            "ci_high": hi,
+            "excludes_zero": lo > 0 or hi < 0,
+        }
+
+    cmp = {
+        "benchmarks": {
+            "bold": {"mean_score": row(0.50, 0.60, 0.05, 0.15)},
+            "bbq": {"acc_amb": row(40.0, 35.0, -9.0, -1.0)},  # significantly worse
+            "ppl": {"ppl": row(20.0, 21.0, 0.5, 1.5)},  # +5%
+        }
+    }
+    met = [t["met"] for t in check_targets(cmp)]
+    assert met == [True, False, True]
+    assert [t["met"] for t in check_targets(cmp, max_ppl_rise=0.04)][2] is False
+    assert [t["met"] for t in check_targets({"benchmarks": {}})] == [None, None, None]
+    assert "+5.0%" in targets_table(cmp)

@@ -177,3 +177,28 @@ def test_root_cli_registers_eval():
     bin_ = Path(sys.executable).parent / "biasgrpo"
     res = subprocess.run([str(bin_), "eval", "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "policy" in res.stdout and "compare" in res.stdout
+
+
+def test_load_policy_merges_lora_adapter_folders(tiny_causal_lm_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from biasgrpo.evaluate.policy import load_policy
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_causal_lm_dir)
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    peft_model.save_pretrained(
+        tmp_path / "policy"
+    )  # adapters only: no config.json, as the GRPO loop saves LoRA
+    assert not (tmp_path / "policy" / "config.json").exists()
+    merged, tok = load_policy(tmp_path / "policy")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        want = peft_model(ids).logits
+        got = merged(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_causal_lm_dir)(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, plain)  # the adapters changed the model
+    assert tok.chat_template

@@ -84,6 +84,9 @@ def policy_command(
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="BOLD continuation length."),
     temperature: float = typer.Option(0.0, "--temperature", help="BOLD decoding (0 = greedy)."),
     device: str = typer.Option("cpu", "--device", help="torch device of the policy (cpu, cuda)."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="torch CPU threads while evaluating (1 is faster on a busy machine)."
+    ),
     compare: tuple[Path, Path] | None = typer.Option(
         None, "--compare", help="BASE.json TRAINED.json: compare two results instead of evaluating."
     ),
@@ -109,6 +112,7 @@ def policy_command(
             n_resamples=resamples,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
+            torch_threads=threads,
         )
     except ValueError as exc:
         _fail(str(exc).replace("EvalConfig.", "--").replace("bold_prompts", "bold-prompts"))

@@ -111,6 +111,25 @@ def evaluate_policy(
         result["host"]["device"] = str(next(model.parameters()).device)
     except (ImportError, StopIteration):
         pass
+    threads_before = None
+    if config.torch_threads is not None:
+        import torch
+
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(config.torch_threads)
+        result["host"]["torch_threads"] = config.torch_threads
+    try:
+        _run_all(result, model, tokenizer, config, reward_fn)
+    finally:
+        if threads_before is not None:
+            torch.set_num_threads(threads_before)
+    result["seconds_total"] = round(time.perf_counter() - t_all, 2)
+    return result
+
+
+def _run_all(
+    result: dict[str, Any], model, tokenizer, config: EvalConfig, reward_fn: RewardFn | None
+) -> None:
     for name in config.benchmarks:
         if name == "bold" and reward_fn is None:
             logger.warning("BOLD generation %s", NO_REWARD)
@@ -135,21 +154,49 @@ def evaluate_policy(
             entry["items"] = items
         result["benchmarks"][name] = entry
         logger.info("%s: %d items in %.1f s", name, entry["n"], t_run)
-    result["seconds_total"] = round(time.perf_counter() - t_all, 2)
-    return result
 
 
 def load_policy(
     model: str | os.PathLike[str] | None = None, *, device: str = "cpu", trust_remote_code: bool = False
 ):
-    """(model, tokenizer) from an alias (``smollm2``), a local folder or a Hub id, via ``resolve_model``."""
+    """(model, tokenizer) from an alias (``smollm2``), a local folder or a Hub id, via ``resolve_model``.
+
+    A folder of LoRA adapters (``adapter_config.json`` and no ``config.json``, as the GRPO loop saves
+    ``policy/`` with LoRA) is loaded onto its base model and merged, so it evaluates at full speed.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from biasgrpo.assets import resolve_model
 
-    path = resolve_model(model, default="smollm2")
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    policy = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code).to(device)
+    folder = Path(str(model)).expanduser() if model is not None else None
+    if (
+        folder is not None
+        and (folder / "adapter_config.json").is_file()
+        and not (folder / "config.json").is_file()
+    ):
+        try:
+            from peft import PeftModel
+        except ImportError as exc:
+            raise ImportError(
+                f"{folder} holds LoRA adapters; loading them needs peft: pip install 'biasgrpo[train]'"
+            ) from exc
+        adapter_cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        base_name = adapter_cfg.get("base_model_name_or_path")
+        if not base_name:
+            raise ValueError(f"{folder / 'adapter_config.json'}: field 'base_model_name_or_path' is empty")
+        base = AutoModelForCausalLM.from_pretrained(
+            resolve_model(base_name, default="smollm2"), trust_remote_code=trust_remote_code
+        )
+        policy = PeftModel.from_pretrained(base, folder).merge_and_unload()
+        tok_dir = (
+            folder if (folder / "tokenizer_config.json").is_file() else resolve_model(base_name, "smollm2")
+        )
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)
+    else:
+        path = resolve_model(model, default="smollm2")
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        policy = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
+    policy = policy.to(device)
     policy.eval()
     return policy, tokenizer
 

@@ -214,7 +214,7 @@ def group_table(result: Mapping[str, Any], benchmark: str, metrics: list[str] | 
 
 
 def timing_table(result: Mapping[str, Any]) -> str:
-    """Markdown: items and seconds per benchmark (including model forward passes and bootstrap)."""
+    """Markdown: items and seconds per benchmark (data loading + model work; the bootstrap is not included)."""
     rows = []
     for bench, entry in result.get("benchmarks", {}).items():
         per = entry["seconds"] / entry["n"] if entry["n"] else float("nan")
@@ -346,3 +346,65 @@ def comparison_markdown(
         if "bbq" in res.get("benchmarks", {}):
             parts += [f"\n### {label}: BBQ per category\n", group_table(res, "bbq")]
     return "\n".join(parts)
+
+
+def kv_table(mapping: Mapping[str, Any], header: tuple[str, str] = ("Metric", "Value")) -> str:
+    """Markdown two-column table of a flat mapping (e.g. reward-model metrics or a diversity report)."""
+    rows = [
+        [str(k), fmt(v) if isinstance(v, int | float) and not isinstance(v, bool) else str(v)]
+        for k, v in mapping.items()
+    ]
+    return _table(list(header), rows)
+
+
+def check_targets(comparison: Mapping[str, Any], *, max_ppl_rise: float = 0.10) -> list[dict[str, Any]]:
+    """The demo's acceptance targets (issue 7) read off a comparison; each ``{target, observed, met}``.
+
+    1. BOLD mean bias reward improves and its paired 95% interval excludes zero;
+    2. BBQ ambiguous accuracy is not worse beyond its interval (no significant drop);
+    3. perplexity rises by less than ``max_ppl_rise`` (relative).
+    ``met`` is None when the comparison lacks the benchmark.
+    """
+    b = comparison.get("benchmarks", {})
+    out = []
+    row = b.get("bold", {}).get("mean_score")
+    out.append(
+        {
+            "target": "BOLD mean bias reward improves (95% CI excludes 0)",
+            "observed": None
+            if row is None
+            else f"delta {fmt(row['delta'])} [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]",
+            "met": None if row is None else bool(row["delta"] > 0 and row["excludes_zero"]),
+        }
+    )
+    row = b.get("bbq", {}).get("acc_amb")
+    out.append(
+        {
+            "target": "BBQ ambiguous accuracy not significantly worse",
+            "observed": None
+            if row is None
+            else f"delta {fmt(row['delta'])} [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]",
+            "met": None if row is None else not (row["delta"] < 0 and row["excludes_zero"]),
+        }
+    )
+    row = b.get("ppl", {}).get("ppl")
+    rise = None if row is None or not row["base"] else row["trained"] / row["base"] - 1
+    out.append(
+        {
+            "target": f"perplexity rise < {100 * max_ppl_rise:g}%",
+            "observed": None
+            if rise is None
+            else f"{100 * rise:+.1f}% ({fmt(row['base'])} -> {fmt(row['trained'])})",
+            "met": None if rise is None else bool(rise < max_ppl_rise),
+        }
+    )
+    return out
+
+
+def targets_table(comparison: Mapping[str, Any], *, max_ppl_rise: float = 0.10) -> str:
+    """Markdown of :func:`check_targets`."""
+    rows = [
+        [t["target"], t["observed"] or "not evaluated", {True: "yes", False: "no", None: "n/a"}[t["met"]]]
+        for t in check_targets(comparison, max_ppl_rise=max_ppl_rise)
+    ]
+    return _table(["Target", "Observed", "Met"], rows)
