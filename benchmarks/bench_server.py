@@ -231,35 +231,62 @@ def _label(model: Path) -> str:
     return model.parent.name if model.name == "onnx" else model.name
 
 
-def throughput(model: Path, precision: str, n_per_level: dict[int, int], bodies, expected, tol) -> list[dict]:
-    """Rows of the throughput table for one model: micro-batching off, then on."""
-    rows = []
-    for batching in (False, True):
-        server = Server(
-            model, "--precision", precision, "--micro-batching" if batching else "--no-micro-batching"
-        )
-        try:
+def throughput(
+    model: Path, precision: str, n_per_level: dict[int, int], bodies, expected, tol, rounds: int = 3
+) -> list[dict]:
+    """Rows of the throughput table for one model.
+
+    Both servers (micro-batching off and on) run at once and are measured side by side: each round runs
+    every concurrency level on both, in random order, so load from other jobs on a shared machine hits
+    both alike. req/s is the median over rounds; latencies are pooled over rounds.
+    """
+    servers = {
+        False: Server(model, "--precision", precision, "--no-micro-batching"),
+        True: Server(model, "--precision", precision, "--micro-batching"),
+    }
+    rng = random.Random(0)
+    stats = {
+        (b, c): {"rps": [], "lat": [], "batches": 0, "n": 0, "diff": 0.0, "ok": True}
+        for b in servers
+        for c in n_per_level
+    }
+    try:
+        for server in servers.values():
             asyncio.run(run_load(server.port, bodies[:16], 4))  # warm-up
+        for r in range(rounds):
             for conc, n in n_per_level.items():
-                idx = [i % len(bodies) for i in range(n)]
-                before = health(server.port)
-                results, lat, wall = asyncio.run(run_load(server.port, [bodies[i] for i in idx], conc))
-                after = health(server.port)
-                got = np.array([json.loads(b)["rewards"][0] if s == 200 else np.nan for s, b in results])
-                max_diff = (
-                    float(np.nanmax(np.abs(got - expected[idx]))) if np.isfinite(got).any() else float("nan")
-                )
-                rows.append(
-                    {
-                        "model": _label(model), "micro_batching": batching, "concurrency": conc, "requests": n,
-                        "rps": n / wall, "p50_ms": float(np.percentile(lat, 50) * 1e3),
-                        "p99_ms": float(np.percentile(lat, 99) * 1e3),
-                        "mean_batch": n / max(after["batches"] - before["batches"], 1),
-                        "max_abs_diff": max_diff, "correct": bool(np.isfinite(got).all() and max_diff <= tol),
-                    }
-                )  # fmt: skip
-        finally:
+                for batching in rng.sample([False, True], 2):
+                    port = servers[batching].port
+                    idx = [(r * n + i) % len(bodies) for i in range(n)]
+                    before = health(port)
+                    results, lat, wall = asyncio.run(run_load(port, [bodies[i] for i in idx], conc))
+                    after = health(port)
+                    got = np.array([json.loads(b)["rewards"][0] if s == 200 else np.nan for s, b in results])
+                    st = stats[(batching, conc)]
+                    st["rps"].append(n / wall)
+                    st["lat"].extend(lat.tolist())
+                    st["batches"] += after["batches"] - before["batches"]
+                    st["n"] += n
+                    diff = (
+                        float(np.nanmax(np.abs(got - expected[idx])))
+                        if np.isfinite(got).any()
+                        else float("inf")
+                    )
+                    st["diff"] = max(st["diff"], diff)
+                    st["ok"] = st["ok"] and bool(np.isfinite(got).all() and diff <= tol)
+    finally:
+        for server in servers.values():
             server.stop()
+    rows = []
+    for (batching, conc), st in stats.items():
+        rows.append(
+            {
+                "model": _label(model), "micro_batching": batching, "concurrency": conc, "requests": st["n"],
+                "rps": float(np.median(st["rps"])), "rps_rounds": st["rps"],
+                "p50_ms": float(np.percentile(st["lat"], 50) * 1e3), "p99_ms": float(np.percentile(st["lat"], 99) * 1e3),
+                "mean_batch": st["n"] / max(st["batches"], 1), "max_abs_diff": st["diff"], "correct": st["ok"],
+            }
+        )  # fmt: skip
     return rows
 
 
@@ -300,6 +327,7 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
     ap.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     ap.add_argument("--robust-requests", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=3, help="side-by-side rounds per throughput level")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     args = ap.parse_args()
 
@@ -330,11 +358,13 @@ def main() -> None:
         model = find_or_build_model(name.strip())
         big = _label(model) != "tiny"
         levels = (
-            ({1: 60, 8: 200, 32: 400} if big else {1: 300, 8: 1000, 32: 2000})
+            ({1: 30, 8: 100, 32: 200} if big else {1: 200, 8: 500, 32: 1000})
             if not args.quick
             else {1: 20, 8: 40, 32: 96}
         )
-        record["throughput"] += throughput(model, args.precision, levels, bodies, expected_for(model), tol)
+        record["throughput"] += throughput(
+            model, args.precision, levels, bodies, expected_for(model), tol, rounds=args.rounds
+        )
     robust_model = find_or_build_model(args.robust_model)
     n = args.robust_requests if not args.quick else 1000
     record["robustness"] = robustness(
@@ -342,16 +372,18 @@ def main() -> None:
     )
 
     print(
-        f"\n### Reward server, single-query requests ({args.precision}; {os.cpu_count()} CPU cores shared by server, client and other jobs)\n"
+        f"\n### Reward server, single-query requests ({args.precision}; {os.cpu_count()} CPU cores shared by "
+        f"both servers, the client and other jobs; {args.rounds} side-by-side rounds)\n"
     )
     print(
-        "| model | micro-batching | concurrency | requests | req/s | p50 ms | p99 ms | mean batch | equal to Scorer.score |"
+        "| model | micro-batching | concurrency | requests | req/s (median) | req/s per round | p50 ms | p99 ms "
+        "| mean batch | equal to Scorer.score |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---:|---:|---:|---|---:|---:|---:|---|")
     for r in record["throughput"]:
         print(
             f"| {r['model']} | {'on' if r['micro_batching'] else 'off'} | {r['concurrency']} | {r['requests']} | "
-            f"{r['rps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_batch']:.1f} | "
+            f"{r['rps']:.1f} | {', '.join(f'{x:.0f}' for x in r['rps_rounds'])} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_batch']:.1f} | "
             f"{'yes' if r['correct'] else 'NO'} (max diff {r['max_abs_diff']:.1e}) |"
         )
     print("\n| model | concurrency | req/s with / without micro-batching |\n|---|---:|---:|")

@@ -6,8 +6,8 @@ value per query. Each query is split into prompt and response and cleaned of cha
 :class:`biasgrpo.reward.query.QueryCleaner` before scoring.
 
 **Dynamic micro-batching.** OpenRLHF sends one query per request. Requests go into a bounded queue; one
-worker takes everything queued, waits up to ``max_wait_ms`` for more (only when recent batches held more
-than one request, so a lone client pays no delay) until ``max_batch_size`` rows, scores them in one model
+worker takes everything queued, then waits up to ``max_wait_ms`` for more, but only while other requests
+are still being read and validated (so a lone client pays no delay), until ``max_batch_size`` rows, scores them in one model
 call on a worker thread (the event loop keeps accepting requests), and answers each request with its
 slice. If a batch fails, its requests are rescored one by one, so one bad request cannot fail the others.
 
@@ -123,7 +123,7 @@ class MicroBatcher:
         self.n_requests = 0
         self.n_batches = 0
         self.n_rows = 0
-        self._last_batch_jobs = 1
+        self.arriving = 0  # requests being read/validated, not yet queued
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
 
@@ -178,15 +178,14 @@ class MicroBatcher:
         while rows < self.config.max_batch_size and not self.queue.empty():
             jobs.append(self.queue.get_nowait())
             rows += len(jobs[-1].texts)
-        wait_s = self.config.max_wait_ms / 1000.0 if self._last_batch_jobs > 1 else 0.0
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + self.config.max_wait_ms / 1000.0
         while rows < self.config.max_batch_size:
             if not self.queue.empty():
                 jobs.append(self.queue.get_nowait())
                 rows += len(jobs[-1].texts)
                 continue
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.arriving == 0:  # wait only while more requests are being read
                 break
             self._arrived.clear()
             try:  # waiting on an Event (not on queue.get) cannot lose a job when the timeout fires
@@ -199,7 +198,6 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             jobs = await self._collect()
-            self._last_batch_jobs = len(jobs)
             prompts = [p for j in jobs for p in j.prompts]
             texts = [t for j in jobs for t in j.texts]
             self.n_batches += 1
@@ -373,16 +371,22 @@ def create_app(config: ServerConfig, scorer: Scorer | None = None) -> Any:
             scheme, _, value = got.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
                 raise ApiError(401, "missing or wrong bearer token (header 'Authorization: Bearer <token>')")
-        queries, prompts = parse_request(await _read_body(request, config.max_body_bytes), config)
+        batcher: MicroBatcher = state["batcher"]
+        batcher.arriving += 1
+        try:
+            queries, prompts = parse_request(await _read_body(request, config.max_body_bytes), config)
+            clean_prompts, responses, unsplit = [], [], []
+            for i, q in enumerate(queries):
+                p, r, found = cleaner.split(q, prompts[i] if prompts is not None else None)
+                clean_prompts.append(p)
+                responses.append(r)
+                unsplit.append(0.0 if found else 1.0)
+        finally:
+            batcher.arriving -= 1
+            batcher._arrived.set()  # a waiting batch re-checks whether anyone is still arriving
         if not queries:
             return JSONResponse({"rewards": [], "scores": [], "extra_logs": {}})
-        clean_prompts, responses, unsplit = [], [], []
-        for i, q in enumerate(queries):
-            p, r, found = cleaner.split(q, prompts[i] if prompts is not None else None)
-            clean_prompts.append(p)
-            responses.append(r)
-            unsplit.append(0.0 if found else 1.0)
-        result = await state["batcher"].submit(clean_prompts, responses)
+        result = await batcher.submit(clean_prompts, responses)
         scores = [float(s) for s in result.scores]
         return JSONResponse(
             {
