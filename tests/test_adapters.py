@@ -143,6 +143,7 @@ def test_grpo_trainer_runs_with_our_rewards(
     tiny_causal_lm_dir: Path, tiny_encoder_dir: Path, tiny_scorer_dir: Path, tmp_path
 ):
     """A real TRL GRPOTrainer step: our callable, the HF-layout model id, the async variant, and a combination."""
+    pytest.importorskip("trl", reason="TRL comes with the 'peer' extra (installed by make setup)")
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 

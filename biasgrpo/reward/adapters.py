@@ -143,6 +143,7 @@ class BiasReward:
 
     @property
     def scorer(self) -> Scorer:
+        """The scorer, loaded on first use (once per process and folder)."""
         if self._scorer is None:
             self._scorer = get_scorer(self.model_dir, **self.load_kwargs)
         return self._scorer
