@@ -5,9 +5,9 @@ argument loads ``.../onnx``). Each stage is skipped when its output already exis
 The recipe (chosen to finish in about 20 minutes on 2 cores):
 
 * teacher: the offline all-MiniLM-L6-v2 encoder, ``mixed`` objective (Bradley-Terry + MSE to 1/0, so
-  scores sit roughly in [0, 1] and rank pairs), 1 epoch over a source-balanced subsample of 3,000 pairs;
-* student: the teacher's first 3 layers, distilled with MSE + margin-MSE on the training texts plus
-  unlabelled BOLD / HolisticBias prompts;
+  scores sit roughly in [0, 1] and rank pairs), 1 epoch over a source-balanced subsample of 2,000 pairs (word embeddings frozen);
+* student: the teacher's first 3 layers (word embeddings frozen), distilled with MSE on the teacher's
+  scores of 2,400 training texts (1,200 pairs) plus 600 unlabelled BOLD / HolisticBias prompts;
 * export: fp32 + int8 ONNX, parity-checked; evaluation on the test split is written into the model card.
 """
 
@@ -47,8 +47,8 @@ def default_distill_config() -> Any:
     from biasgrpo.reward.distill import DistillConfig
 
     return DistillConfig(
-        student="truncated", num_layers=3, objective="both", epochs=1, batch_size=32, lr=1e-4, max_length=128,
-        max_records=2000, max_unlabeled=1000, max_val=600,
+        student="truncated", num_layers=3, objective="mse", epochs=1, batch_size=32, lr=2e-4, max_length=128,
+        max_records=1200, max_unlabeled=600, max_val=400, freeze_embeddings=True,
     )  # fmt: skip
 
 

@@ -69,6 +69,9 @@ class DistillConfig:
     epochs: int = 2
     batch_size: int = 32
     lr: float = 1e-4  # truncated student; the head uses head_lr
+    freeze_embeddings: bool = (
+        True  # truncated: keep the word-embedding matrix fixed (most of a small model's weights)
+    )
     head_lr: float = 2e-3
     head_epochs: int = 60
     max_length: int = 128
@@ -112,6 +115,26 @@ class DistillConfig:
             max_val=16,
         )
         return cls(**{**base, **overrides})
+
+
+class _Memo:
+    """Caches a teacher's score per (text, prompt), so no row is sent to the teacher twice."""
+
+    def __init__(self, fn: Teacher) -> None:
+        self.fn = fn
+        self.cache: dict[tuple[str, str | None], float] = {}
+
+    def __call__(self, texts: list[str], prompts: list[str | None]) -> np.ndarray:
+        keys = list(zip(texts, prompts, strict=True))
+        todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        if todo:
+            scores = np.asarray(
+                self.fn([k[0] for k in todo], [k[1] for k in todo]), dtype=np.float32
+            ).reshape(-1)
+            if len(scores) != len(todo):
+                raise ValueError(f"the teacher returned {len(scores)} scores for {len(todo)} texts")
+            self.cache.update(zip(todo, scores.tolist(), strict=True))
+        return np.array([self.cache[k] for k in keys], dtype=np.float32)
 
 
 def _teacher_scores(
@@ -296,10 +319,13 @@ def distill_from_model(
     if len(prompts) != len(texts):
         raise ValueError(f"prompts has {len(prompts)} entries but texts has {len(texts)}")
     pairs = [tuple(p) for p in (pairs or [])]
+    teacher = _Memo(teacher)  # validation texts often repeat training or pair texts: score each once
     targets = _teacher_scores(teacher, texts, prompts, progress=progress)
 
     model, tokenizer = _build_student(config)
     module = ScoreModule(model)
+    if config.student == "truncated" and config.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     template = InputTemplate(kind=config.template)
     pad_id = int(tokenizer.pad_token_id or 0)
     batcher = Batcher(tokenizer, template, config.max_length, module.input_names, pad_id)
