@@ -284,3 +284,43 @@ def test_cli_serve_answers_then_exits_cleanly_on_sigterm(tiny_scorer_dir: Path, 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class _SlowScorer:
+    """A real scorer that takes 0.3 s per model call (to have requests in flight at shutdown)."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+        self.precision = scorer.precision
+
+    def score_with_info(self, texts, prompts=None):
+        time.sleep(0.3)
+        return self.scorer.score_with_info(texts, prompts=prompts)
+
+
+def test_shutdown_drains_in_flight_requests(base_config: ServerConfig, scorer: Scorer):
+    server = make_server(base_config, _SlowScorer(scorer))
+    sock = bind_socket("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+
+    async def go():
+        async with httpx.AsyncClient(timeout=30) as client:
+            tasks = [
+                asyncio.create_task(client.post(url + "/get_reward", json={"query": [RESPONSES[i]]}))
+                for i in range(6)
+            ]
+            await asyncio.sleep(0.15)  # requests are queued or being scored
+            server.should_exit = True  # what uvicorn's SIGTERM handler does
+            return await asyncio.gather(*tasks)
+
+    results = asyncio.run(go())
+    thread.join(15)
+    sock.close()
+    assert not thread.is_alive()
+    expected = scorer.score(RESPONSES[:6])
+    for r, e in zip(results, expected, strict=True):
+        assert r.status_code == 200 and r.json()["rewards"][0] == pytest.approx(float(e), abs=1e-5)
