@@ -372,3 +372,17 @@ def test_adapter_modules_do_not_import_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_usable_in_our_grpo_loop(scorer: Scorer):
+    """Our loop's reward protocol (biasgrpo.grpo.rewards.call_reward_funcs) takes the same callables."""
+    from biasgrpo.grpo.rewards import call_reward_funcs, reward_func_name
+
+    bias = trl_reward(scorer, name="bias")
+    guard = CombinedReward([bias, LengthReward(min_words=4)], [1.0, 0.5], name="bias_guarded")
+    out = call_reward_funcs([bias, guard], PROMPTS, COMPLETIONS, [[1, 2]] * 4)  # (B, K)
+    expected = _expected(scorer, COMPLETIONS, PROMPTS)
+    np.testing.assert_allclose(out[:, 0].numpy(), expected, atol=1e-6)
+    lengths = np.array(LengthReward(min_words=4)(completions=COMPLETIONS))
+    np.testing.assert_allclose(out[:, 1].numpy(), expected + 0.5 * lengths, atol=1e-6)
+    assert [reward_func_name(f) for f in (bias, guard)] == ["bias", "bias_guarded"]
