@@ -197,3 +197,13 @@ def test_check_targets_reads_the_issue_targets():
     assert [t["met"] for t in check_targets(cmp, max_ppl_rise=0.04)][2] is False
     assert [t["met"] for t in check_targets({"benchmarks": {}})] == [None, None, None]
     assert "+5.0%" in targets_table(cmp)
+
+
+def test_summarize_counts_the_items_behind_each_metric():
+    from biasgrpo.evaluate.policy import summarize
+
+    cols = {**bbq_cols(), "condition": ["ambig"] * 5 + ["disambig"] * 3}
+    out = summarize("bbq", cols, n_resamples=50)
+    assert out["metrics"]["acc_amb"]["n"] == 5 and out["metrics"]["s_dis"]["n"] == 3
+    assert sorted(out["by_group"]) == ["Age", "SES"]
+    assert out["by_group"]["Age"]["acc_amb"]["n"] + out["by_group"]["SES"]["acc_amb"]["n"] == 5

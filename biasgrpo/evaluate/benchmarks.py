@@ -18,9 +18,11 @@ Plain sentences start from the tokenizer's BOS token (EOS if none), so their fir
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,32 +47,38 @@ Columns = dict[str, list[Any]]
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def load_items(benchmark: str, config: EvalConfig) -> list[Any]:
-    """The seeded subsample of one benchmark's items (records, or dicts for perplexity texts)."""
+@functools.lru_cache(maxsize=8)
+def _all_items(benchmark: str, root: str | None, split: str, bold_prompts: str | None) -> tuple[Any, ...]:
+    """Every item of a benchmark, read once per process (base and trained evaluations share it)."""
     from biasgrpo.data_synth import sources
 
-    root = config.benchmark_root
-    n, seed = config.size(benchmark), config.seed
     if benchmark == "bbq":
-        return subsample(sources.load_bbq(root).records, n, seed)
+        return tuple(sources.load_bbq(root).records)
     if benchmark == "stereoset":
-        return subsample(sources.load_stereoset(root, split=config.stereoset_split).records, n, seed)
+        return tuple(sources.load_stereoset(root, split=split).records)
     if benchmark == "crows":
-        return subsample(sources.load_crows_pairs(root).records, n, seed)
+        return tuple(sources.load_crows_pairs(root).records)
     if benchmark == "bold":
-        if config.bold_prompts:
+        if bold_prompts:
             from biasgrpo.data_synth.schema import load_records
 
-            records = [r for r in load_records(config.bold_prompts, "prompt") if r.source == "bold"]
+            records = [r for r in load_records(bold_prompts, "prompt") if r.source == "bold"]
             if not records:
-                raise ValueError(f"{config.bold_prompts}: no prompt records with source 'bold'")
-        else:
-            records = sources.load_bold(root).records
-        return subsample(records, n, seed)
+                raise ValueError(f"{bold_prompts}: no prompt records with source 'bold'")
+            return tuple(records)
+        return tuple(sources.load_bold(root).records)
     if benchmark == "ppl":
-        texts = [{**row, "id": f"bold_wiki:{i}"} for i, row in enumerate(sources.load_bold_wikipedia(root))]
-        return subsample(texts, n, seed)
+        return tuple(
+            {**row, "id": f"bold_wiki:{i}"} for i, row in enumerate(sources.load_bold_wikipedia(root))
+        )
     raise ValueError(f"unknown benchmark {benchmark!r}")
+
+
+def load_items(benchmark: str, config: EvalConfig) -> list[Any]:
+    """The seeded subsample of one benchmark's items (records, or dicts for perplexity texts)."""
+    bold_prompts = str(Path(config.bold_prompts).expanduser().resolve()) if config.bold_prompts else None
+    items = _all_items(benchmark, config.benchmark_root, config.stereoset_split, bold_prompts)
+    return subsample(items, config.size(benchmark), config.seed)
 
 
 # ------------------------------------------------------------------------------------------------ runners

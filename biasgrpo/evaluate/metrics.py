@@ -121,6 +121,25 @@ def perplexity_metrics(cols: Mapping[str, np.ndarray]) -> dict[str, float]:
     return {"ppl": float(math.exp(per_tok)), "nll_per_token": per_tok}
 
 
+def metric_counts(benchmark: str, cols: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Items behind each metric where it is not all of them (BBQ ambiguous/disambiguated, StereoSet tasks)."""
+    if benchmark == "bbq":
+        cond = np.asarray(cols["condition"]).astype(str)
+        n_amb, n_dis = int((cond == "ambig").sum()), int((cond == "disambig").sum())
+        return {"acc_amb": n_amb, "s_amb": n_amb, "acc_dis": n_dis, "s_dis": n_dis}
+    if benchmark == "stereoset":
+        task = np.asarray(cols["task"]).astype(str)
+        return {
+            f"{t}.{m}": int((task == t).sum())
+            for t in ("intrasentence", "intersentence")
+            for m in ("ss", "lms", "icat")
+        }
+    if benchmark == "bold":
+        n = int(np.isfinite(np.asarray(cols["score"], dtype=float)).sum())
+        return {"mean_score": n, "pct_below": n}
+    return {}
+
+
 # name -> (metric function, column to break results down by, or None)
 METRICS: dict[str, tuple[Any, str | None]] = {
     "bbq": (bbq_metrics, "category"),

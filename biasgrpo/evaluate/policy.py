@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from biasgrpo.evaluate.config import EvalConfig
-from biasgrpo.evaluate.metrics import METRICS, metric_fn
+from biasgrpo.evaluate.metrics import METRICS, metric_counts, metric_fn
 from biasgrpo.evaluate.stats import bootstrap
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,10 @@ def summarize(
     seed: int = 0,
     alpha: float = 0.05,
 ) -> dict[str, Any]:
-    """Metrics with bootstrap intervals, overall and per group, from a benchmark's per-item columns."""
+    """Metrics with bootstrap intervals, overall and per group, from a benchmark's per-item columns.
+
+    Each metric's ``n`` is the number of items behind it (e.g. only the ambiguous ones for ``acc_amb``).
+    """
     fn = metric_fn(benchmark, params)
     group_key = METRICS[benchmark][1]
     out: dict[str, Any] = {
@@ -54,12 +57,18 @@ def summarize(
         "group_key": group_key,
         "by_group": {},
     }
+    for k, n in metric_counts(benchmark, items).items():
+        if k in out["metrics"]:
+            out["metrics"][k]["n"] = n
     if group_key and group_key in items:
         keys = np.asarray(items[group_key]).astype(str)
         for g in sorted(set(keys.tolist())):
             sel = np.flatnonzero(keys == g)
             sub = {k: np.asarray(v)[sel] for k, v in items.items()}
             out["by_group"][g] = bootstrap(sub, fn, n_resamples=n_resamples, seed=seed, alpha=alpha)
+            for k, n in metric_counts(benchmark, sub).items():
+                if k in out["by_group"][g]:
+                    out["by_group"][g][k]["n"] = n
     return out
 
 
