@@ -56,6 +56,7 @@ def summarize(
         "metrics": bootstrap(items, fn, n_resamples=n_resamples, seed=seed, alpha=alpha),
         "group_key": group_key,
         "by_group": {},
+        "group_sizes": {},
     }
     for k, n in metric_counts(benchmark, items).items():
         if k in out["metrics"]:
@@ -66,6 +67,7 @@ def summarize(
             sel = np.flatnonzero(keys == g)
             sub = {k: np.asarray(v)[sel] for k, v in items.items()}
             out["by_group"][g] = bootstrap(sub, fn, n_resamples=n_resamples, seed=seed, alpha=alpha)
+            out["group_sizes"][g] = int(sel.size)
             for k, n in metric_counts(benchmark, sub).items():
                 if k in out["by_group"][g]:
                     out["by_group"][g][k]["n"] = n

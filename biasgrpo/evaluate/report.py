@@ -81,11 +81,11 @@ def direction(bench: str, metric: str, base: float | None, trained: float | None
 
 
 def fmt(value: Any) -> str:
-    """A number for a table: 3 decimals below 10, 1 above; ``n/a`` for None/NaN."""
+    """A number for a table: 3 decimals below 10, 1 from 10 up (and for 0); ``n/a`` for None/NaN."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     v = float(value)
-    return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return f"{v:.1f}" if abs(v) >= 10 or v == 0 else f"{v:.3f}"
 
 
 def fmt_ci(m: Mapping[str, Any], key: str = "value") -> str:
@@ -146,11 +146,19 @@ def compare_results(
                 seed=seed,
                 alpha=alpha,
             )
-            if paired and next(iter(paired.values()))["n"] < min(b["n"], t["n"]):
+            if paired and next(iter(paired.values()))["n"] < max(b["n"], t["n"]):
                 notes.append(
-                    f"{name}: only {next(iter(paired.values()))['n']} items are shared by both results"
+                    f"{name}: only {next(iter(paired.values()))['n']} items are shared by both results; the "
+                    "delta is on those, base and trained values on all of each (use the same --seed and sizes)"
                 )
             rows = paired
+            for (
+                k,
+                row,
+            ) in rows.items():  # paired values drive the delta; the displayed values are the full ones
+                row["base_paired"], row["trained_paired"] = row["base"], row["trained"]
+                row["base"] = b["metrics"].get(k, {}).get("value", row["base"])
+                row["trained"] = t["metrics"].get(k, {}).get("value", row["trained"])
         else:
             notes.append(f"{name}: no per-item results, so no interval on the difference")
             for k, bm in b["metrics"].items():
@@ -165,7 +173,9 @@ def compare_results(
                 t["metrics"].get(k, {}).get("ci_low"),
                 t["metrics"].get(k, {}).get("ci_high"),
             ]
-            row["direction"] = direction(name, k, row["base"], row["trained"])
+            row["direction"] = direction(
+                name, k, row.get("base_paired", row["base"]), row.get("trained_paired", row["trained"])
+            )
         out["benchmarks"][name] = rows
     for name in trained.get("benchmarks", {}):
         if name not in base.get("benchmarks", {}):
@@ -207,8 +217,9 @@ def group_table(result: Mapping[str, Any], benchmark: str, metrics: list[str] | 
         return ""
     metrics = metrics or _ordered(entry["metrics"], benchmark, True) or list(entry["metrics"])
     rows = []
+    sizes = entry.get("group_sizes", {})
     for g, ms in groups.items():
-        n = next(iter(ms.values()))["n"] if ms else 0
+        n = sizes.get(g, max((m["n"] for m in ms.values()), default=0))
         rows.append([g, str(n)] + [fmt_ci(ms[m]) if m in ms else "n/a" for m in metrics])
     return _table([entry.get("group_key") or "group", "n"] + [_label(benchmark, m) for m in metrics], rows)
 
