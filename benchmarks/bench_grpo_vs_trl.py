@@ -86,6 +86,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     times = [r["step_time"] for r in rows]
     return {
         "step_times": times,
+        "cpu_times": [r["step_cpu_time"] for r in rows],
         "total_s": total,
         "completion_length": [r["completion_length"] for r in rows],
     }
@@ -100,14 +101,16 @@ def run_trl(args: argparse.Namespace) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     times: list[float] = []
+    cpu: list[float] = []
     lengths: list[float] = []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
-            self.t = time.perf_counter()
+            self.t, self.c = time.perf_counter(), time.process_time()
 
         def on_step_end(self, a, state, control, **kw):
             times.append(time.perf_counter() - self.t)
+            cpu.append(time.process_time() - self.c)
 
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "completions/mean_length" in logs:
@@ -158,7 +161,7 @@ def run_trl(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - t0
-    return {"step_times": times, "total_s": total, "completion_length": lengths}
+    return {"step_times": times, "cpu_times": cpu, "total_s": total, "completion_length": lengths}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -209,12 +212,14 @@ def main() -> None:
     def summarise(rs: list[dict]) -> dict:
         steps = [t for r in rs for t in r["step_times"][1:]] or [t for r in rs for t in r["step_times"]]
         med = statistics.median(steps)
+        cpus = [t for r in rs for t in r["cpu_times"][1:]] or [t for r in rs for t in r["cpu_times"]]
         lens = [x for r in rs for x in r["completion_length"]]
         return {
             "step": med,
             "cps": n / med,
             "rss": max(r["peak_rss_mb"] for r in rs),
             "len": statistics.mean(lens) if lens else float("nan"),
+            "cpu": statistics.median(cpus),
         }
 
     trl, ours = summarise(results["trl"]), summarise(results["ours"])
@@ -223,13 +228,19 @@ def main() -> None:
         f"{args.max_new_tokens} new tokens, beta={args.beta}, loss={args.loss_type}, {args.steps} steps x "
         f"{args.rounds} round(s), {args.threads} torch threads (median step time after the first step)\n"
     )
-    print("| trainer | completions/s | step time (s) | peak RSS (MB) | mean completion length |")
-    print("|---|---|---|---|---|")
+    print(
+        "| trainer | completions/s (wall) | step time (s) | CPU s per step | completions per CPU s "
+        "| peak RSS (MB) | mean completion length |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name, s in (("TRL GRPOTrainer", trl), ("biasgrpo train_grpo", ours)):
-        print(f"| {name} | {s['cps']:.2f} | {s['step']:.2f} | {s['rss']:.0f} | {s['len']:.1f} |")
+        print(
+            f"| {name} | {s['cps']:.2f} | {s['step']:.2f} | {s['cpu']:.2f} | {n / s['cpu']:.2f} | {s['rss']:.0f} "
+            f"| {s['len']:.1f} |"
+        )
     print(
         f"| **ratio ours/TRL** | **{ours['cps'] / trl['cps']:.2f}x** | {ours['step'] / trl['step']:.2f}x | "
-        f"{ours['rss'] / trl['rss']:.2f}x | |"
+        f"{ours['cpu'] / trl['cpu']:.2f}x | **{trl['cpu'] / ours['cpu']:.2f}x** | {ours['rss'] / trl['rss']:.2f}x | |"
     )
 
 

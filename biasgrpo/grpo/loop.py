@@ -408,7 +408,7 @@ def grpo_step(
 ) -> dict[str, Any]:
     """One GRPO step on ``prompts``; returns the step's metrics."""
     g = config.num_generations
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     ro = rollout(
         model,
         tokenizer,
@@ -535,6 +535,7 @@ def grpo_step(
         tokens_per_s=n_gen / max(t3 - t0, 1e-9),
         completions_per_s=lengths.numel() / max(t3 - t0, 1e-9),
         step_time=t3 - t0,
+        step_cpu_time=time.process_time() - cpu0,  # CPU seconds, all threads: robust to a busy machine
         time_generate=t1 - t0,
         time_reward=t2 - t1,
         time_update=t3 - t2,
