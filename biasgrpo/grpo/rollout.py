@@ -302,27 +302,36 @@ def sequence_logprobs(
     p_ids, p_mask = prompt_ids[uniq], prompt_mask[uniq]  # (U, Lp)
     p_pos = position_ids_from_mask(p_mask)  # (U, Lp)
     out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, logits_to_keep=1)
-    first = out.logits[:, -1][inverse].unsqueeze(1)  # (N, 1, V): predicts completion token 0
+    pieces = [out.logits[:, -1:][inverse]]  # (N, 1, V): predicts completion token 0
     if t > 1:
         cache = output_cache(out)
         cache.batch_select_indices(inverse)  # (U, ...) -> (N, ...), differentiable gather
         attn = torch.cat([p_mask[inverse], completion_mask], dim=1)  # (N, Lp + T)
         pos = p_pos[inverse, -1:] + 1 + torch.arange(t).unsqueeze(0)  # (N, T)
-        rest = model(
-            input_ids=completion_ids,
-            attention_mask=attn,
-            position_ids=pos,
-            use_cache=True,
-            **{cache_kwarg(model): cache},
-        ).logits[:, :-1]  # (N, T - 1, V): position i predicts token i + 1
-        logits = torch.cat([first, rest], dim=1).float()  # (N, T, V)
-    else:
-        logits = first.float()
-    if temperature > 0 and temperature != 1.0:
-        logits = logits / temperature
-    logp = token_logprobs(logits, completion_ids)  # (N, T)
-    ent = None
-    if with_entropy:
-        with torch.no_grad():
-            ent = entropy_from_logits(logits.detach())  # (N, T)
+        pieces.append(
+            model(
+                input_ids=completion_ids,
+                attention_mask=attn,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=torch.arange(t - 1),  # (N, T - 1, V): position i predicts token i + 1
+                **{cache_kwarg(model): cache},
+            ).logits
+        )
+    # Log-probs piece by piece: concatenating (N, T, V) logits would hold one more vocabulary-sized copy.
+    logps, ents = [], []
+    start = 0
+    for logits in pieces:
+        logits = logits.float()
+        if temperature > 0 and temperature != 1.0:
+            logits = logits / temperature
+        tokens = completion_ids[:, start : start + logits.size(1)]
+        start += logits.size(1)
+        logps.append(token_logprobs(logits, tokens))  # (N, t_piece)
+        if with_entropy:
+            with torch.no_grad():
+                # row by row: the entropy's temporaries stay one row of logits in size
+                ents.append(torch.cat([entropy_from_logits(row) for row in logits.detach().unsqueeze(1)]))
+    logp = torch.cat(logps, dim=1)  # (N, T)
+    ent = torch.cat(ents, dim=1) if with_entropy else None  # (N, T)
     return logp, ent
