@@ -202,3 +202,42 @@ def test_load_policy_merges_lora_adapter_folders(tiny_causal_lm_dir, tmp_path):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(got, plain)  # the adapters changed the model
     assert tok.chat_template
+
+
+def test_evaluate_and_compare_stage_writes_report_and_resumes(tiny_causal_lm, other_lm_dir, tmp_path):
+    from biasgrpo.evaluate.stage import evaluate_and_compare
+
+    calls = []
+
+    def reward(prompts, completions, **kw):
+        calls.append(len(completions))
+        return [float(len(c)) / 40 for c in completions]
+
+    cfg = EvalConfig.tiny(limit=4, benchmarks="bbq,bold,ppl")
+    out = tmp_path / "eval"
+    cmp = evaluate_and_compare(tiny_causal_lm, str(other_lm_dir), out, cfg, reward, names=("base", "grpo"))
+    for f in (
+        "base.json",
+        "trained.json",
+        "compare.json",
+        "compare.md",
+        "plots/bold_scores.png",
+        "plots/benchmarks.png",
+    ):
+        assert (out / f).is_file(), f
+    assert cmp["benchmarks"]["bbq"]["acc_amb"]["n"] == 4 and "## Targets" in (out / "compare.md").read_text()
+    assert json.loads((out / "base.json").read_text())["model"] == "base"
+    n_calls, stamp = len(calls), (out / "base.json").stat().st_mtime_ns
+    again = evaluate_and_compare(tiny_causal_lm, str(other_lm_dir), out, cfg, reward, names=("base", "grpo"))
+    assert (
+        len(calls) == n_calls and (out / "base.json").stat().st_mtime_ns == stamp
+    )  # reused, not re-evaluated
+    assert again["benchmarks"]["ppl"]["ppl"]["delta"] == pytest.approx(
+        cmp["benchmarks"]["ppl"]["ppl"]["delta"]
+    )
+    evaluate_and_compare(
+        tiny_causal_lm, str(other_lm_dir), out, EvalConfig.tiny(limit=3, benchmarks="ppl"), reward
+    )
+    assert (
+        json.loads((out / "base.json").read_text())["benchmarks"]["ppl"]["n"] == 3
+    )  # new config: re-evaluated

@@ -33,6 +33,7 @@ from biasgrpo.evaluate.report import (
     timing_table,
     write_markdown,
 )
+from biasgrpo.evaluate.stage import evaluate_and_compare, evaluate_cached
 
 __all__ = [
     "BENCHMARKS",
@@ -41,6 +42,8 @@ __all__ = [
     "compare_results",
     "compare_table",
     "comparison_markdown",
+    "evaluate_and_compare",
+    "evaluate_cached",
     "evaluate_model",
     "evaluate_policy",
     "group_table",

@@ -224,11 +224,12 @@ def evaluate_model(
     return evaluate_policy(policy, tokenizer, config, reward_fn, model_name=str(model or "smollm2"))
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars as Python numbers and NaN/inf as None, ready for ``json.dumps``."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not np.isfinite(obj):
@@ -240,7 +241,7 @@ def write_eval(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write a result atomically as JSON (NaN becomes null)."""
     from biasgrpo.data_synth.schema import atomic_write_text
 
-    return atomic_write_text(path, json.dumps(_jsonable(result), indent=1, ensure_ascii=False) + "\n")
+    return atomic_write_text(path, json.dumps(jsonable(result), indent=1, ensure_ascii=False) + "\n")
 
 
 def load_eval(path: str | os.PathLike[str]) -> dict[str, Any]:

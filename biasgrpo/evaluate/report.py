@@ -270,6 +270,24 @@ def _pyplot():
     return plt
 
 
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Save a figure atomically (temporary file in the same folder, then rename) and close it."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        _pyplot().close(fig)
+    return path
+
+
 def plot_score_distributions(
     results: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str], *, threshold: float | None = None
 ) -> Path | None:
@@ -294,11 +312,7 @@ def plot_score_distributions(
     ax.set_ylabel("continuations")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_benchmarks(results: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str]) -> Path | None:
@@ -331,11 +345,7 @@ def plot_benchmarks(results: Mapping[str, Mapping[str, Any]], path: str | os.Pat
     ax.set_ylabel("%")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_markdown(path: str | os.PathLike[str], text: str) -> Path:
