@@ -188,6 +188,7 @@ def score_choices(
         return sums, counts
     device = next(model.parameters()).device
     cache_kw = _cache_kwarg(model)
+    use_keep = _accepts(model, "logits_to_keep")
     longest = [max(len(c) for c in cs) for cs in choices]
     prefs = [list(p)[-max(max_length - t, 1) :] for p, t in zip(prefixes, longest, strict=True)]
     order = sorted(range(n), key=lambda i: -(len(prefs[i]) + longest[i]))
@@ -209,7 +210,7 @@ def score_choices(
                 attention_mask=mask.to(device),
                 position_ids=pos.to(device),
                 use_cache=True,
-                logits_to_keep=1,
+                **({"logits_to_keep": 1} if use_keep else {}),
             )
             cache = out.cache if cache_kw == "cache" else out.past_key_values
             cache.batch_repeat_interleave(k)  # each prefix shared by its K choices
