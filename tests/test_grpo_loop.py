@@ -176,3 +176,18 @@ def test_cli_train_and_sample(tiny_causal_lm_dir, tmp_path):
         app, [*args[:4], "--reward", str(tmp_path / "nope"), "--prompts", str(prompts), "--out", str(out)]
     )
     assert missing.exit_code != 0 and "nope" in missing.output
+
+
+def test_loop_modules_depend_only_on_the_reward_protocol():
+    """The training maths and loop never import the reward package (only the CLI's reward loader does, lazily)."""
+    import ast
+    from pathlib import Path
+
+    import biasgrpo.grpo as pkg
+
+    root = Path(pkg.__file__).parent
+    for name in ("config", "advantages", "loss", "rollout", "loop", "checkpoint", "plots"):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any(m.startswith(("biasgrpo.reward", "biasgrpo.evaluate")) for m in imported), name
