@@ -32,7 +32,7 @@ test-slow: setup
 	$(BIN)/python -m pytest -m slow -q
 
 demo: setup
-	$(BIN)/biasgrpo data build --out $(OUT)/data
+	$(BIN)/biasgrpo pipeline --preset demo --out $(OUT)
 
 bench: setup
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
