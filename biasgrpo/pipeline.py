@@ -48,9 +48,9 @@ class PipelineConfig:
     seed: int = 0
     # data and synthesis
     data_max_per_source: int | None = None
-    synth_n: int = 16
+    synth_n: int = 8
     synth_generator: list[str] = field(default_factory=lambda: ["smollm2"])
-    synth_max_generations: int | None = 96
+    synth_max_generations: int | None = 40
     # reward model (overrides of biasgrpo.reward TrainConfig / DistillConfig)
     reward_train: dict[str, Any] = field(default_factory=dict)
     reward_distill: dict[str, Any] = field(default_factory=dict)
@@ -82,10 +82,10 @@ class PipelineConfig:
             return cls(
                 preset="demo",
                 out=out,
-                synth_n=16,
-                synth_max_generations=96,
-                reward_train={"max_train": 2000, "max_val": 400, "epochs": 1, "max_length": 96},
-                reward_distill={"max_records": 1500, "max_unlabeled": 800, "max_val": 400, "max_length": 96},
+                synth_n=8,
+                synth_max_generations=40,
+                reward_train={"max_train": 1500, "max_val": 300, "epochs": 1, "max_length": 96},
+                reward_distill={"max_records": 1200, "max_unlabeled": 600, "max_val": 300, "max_length": 96},
                 grpo={
                     "max_steps": 40,
                     "num_generations": 4,
@@ -101,7 +101,7 @@ class PipelineConfig:
                     "temperature": 1.0,
                 },
                 grpo_train_prompts=2000,
-                eval={"n_bbq": 300, "n_stereoset": 200, "n_crows": 200, "n_bold": 120, "n_ppl": 100,
+                eval={"n_bbq": 200, "n_stereoset": 150, "n_crows": 150, "n_bold": 100, "n_ppl": 60,
                       "max_new_tokens": 32},
             )  # fmt: skip
         if preset == "tiny":
