@@ -190,6 +190,17 @@ def _truncate_jsonl(path: Path, max_step: int) -> list[dict[str, Any]]:
     return kept
 
 
+# Fields that may change on --resume without changing the run's trajectory (what is logged, not what is
+# learned). max_steps is not one of them: the linear LR decay spans it.
+_RESUMABLE = {
+    "eval_every",
+    "save_every",
+    "keep_checkpoints",
+    "num_samples_logged",
+    "torch_threads",
+}
+
+
 def _split_eval(prompts: list[str], config: GRPOConfig) -> tuple[list[str], list[str]]:
     n_eval = config.num_eval_prompts
     if n_eval == 0:
@@ -303,6 +314,13 @@ def _train(
         )
         step, cursor = int(state["step"]), int(state["cursor"])
         logger.info("resumed from %s (step %d)", latest, step)
+        changed = sorted(
+            k for k, v in config.to_dict().items() if state["config"].get(k) != v and k not in _RESUMABLE
+        )
+        if changed:
+            logger.warning(
+                "resuming with changed config fields %s: the run will not match an uninterrupted one", changed
+            )
         for path in (metrics_path, eval_path, samples_path):
             _truncate_jsonl(path, step)
     else:
