@@ -61,7 +61,10 @@ class DistillConfig:
     student_base: str | None = (
         None  # truncated: classifier to cut (default: the teacher folder) or base encoder
     )
-    encoder: str = "minilm"  # embedding_head: the frozen sentence encoder
+    encoder: str = (
+        "minilm"  # embedding_head: the frozen sentence encoder; "teacher" = the teacher's own encoder
+    )
+    encoder_layers: int | None = None  # embedding_head: keep only the first k layers of the frozen encoder
     head: str = "mlp"  # embedding_head: linear | mlp
     head_hidden: int = 256
     objective: str = "both"
@@ -161,6 +164,12 @@ def _build_student(config: DistillConfig) -> tuple[torch.nn.Module, Any]:
     if config.student == "embedding_head":
         path = resolve_model(config.encoder, default="minilm")
         encoder = AutoModel.from_pretrained(path)
+        if config.encoder_layers is not None:
+            layers = encoder.encoder.layer
+            if not 1 <= config.encoder_layers <= len(layers):
+                raise ValueError(f"encoder_layers must be in [1, {len(layers)}], got {config.encoder_layers}")
+            del layers[config.encoder_layers :]
+            encoder.config.num_hidden_layers = config.encoder_layers
         torch.manual_seed(config.seed)
         head = make_head(encoder.config.hidden_size, config.head, config.head_hidden)
         return EmbeddingHeadModel(encoder, head), AutoTokenizer.from_pretrained(path)
@@ -435,6 +444,8 @@ def distill_teacher(
     teacher = TorchScorer.from_dir(teacher_dir, batch_size=64)
     if config.student == "truncated" and config.student_base is None:
         config = DistillConfig(**{**asdict(config), "student_base": str(teacher_dir)})
+    if config.student == "embedding_head" and config.encoder == "teacher":
+        config = DistillConfig(**{**asdict(config), "encoder": str(teacher_dir)})
     records = balanced_subsample(read_records(train_data), config.max_records, config.seed)
     unlabeled = read_records(unlabeled_data) if unlabeled_data is not None else []
     if config.max_unlabeled is not None:
