@@ -18,7 +18,7 @@ from biasgrpo.data_synth.llm import (
     build_generator,
     parse_generator_spec,
 )
-from biasgrpo.data_synth.synthesize import TEMPLATE_JSON, answer_is_complete, parse_generation
+from biasgrpo.data_synth.prompts import TEMPLATE_JSON, answer_is_complete, parse_generation
 
 CONV = [
     {"role": "system", "content": "Be brief."},

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from biasgrpo.data_synth.schema import PreferenceRecord
-from biasgrpo.data_synth.synthesize import (
+from biasgrpo.data_synth.prompts import (
     TEMPLATES,
     answer_is_complete,
     canonical_key,
     parse_generation,
 )
+from biasgrpo.data_synth.schema import PreferenceRecord
 
 GOOD = {
     "prompt": "Should I hire the older applicant?",

@@ -16,9 +16,9 @@ from synth_chat_server import ChatServer, valid_item
 
 from biasgrpo.data_synth.filters import FilterConfig, SynthFilter
 from biasgrpo.data_synth.llm import GenerationError, HFGenerator, OpenAIChatGenerator
+from biasgrpo.data_synth.prompts import CONTEXTS
 from biasgrpo.data_synth.schema import PreferenceRecord, load_records, write_jsonl
 from biasgrpo.data_synth.synthesize import (
-    CONTEXTS,
     SeedData,
     SynthConfig,
     SynthesisPlan,

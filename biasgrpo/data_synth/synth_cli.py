@@ -126,8 +126,8 @@ def synth_command(
     from biasgrpo.data_synth.domains import CORE_DOMAINS
     from biasgrpo.data_synth.filters import FilterConfig, SynthFilter
     from biasgrpo.data_synth.llm import GenerationError, build_generator
+    from biasgrpo.data_synth.prompts import CONTEXTS
     from biasgrpo.data_synth.synthesize import (
-        CONTEXTS,
         SynthConfig,
         check_resumable,
         discover_seed_data,
