@@ -53,7 +53,11 @@ class TrainResult:
     evals: list[dict[str, Any]] = field(default_factory=list)
     last_metrics: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
-    model: Any = None  # the trained policy (PeftModel with LoRA)
+
+    def __post_init__(self) -> None:
+        # The trained policy (a PeftModel with LoRA). Deliberately not a dataclass field, so
+        # dataclasses.asdict(result) stays small and JSON-friendly instead of deep-copying the model.
+        self.model: Any = None
 
 
 def load_policy(policy: str | os.PathLike[str] | torch.nn.Module, config: GRPOConfig, tokenizer=None):
@@ -408,7 +412,9 @@ def _finish(out: Path, model, tokenizer, step: int, evals, row, config: GRPOConf
         summary["kl_last"] = rows[-1]["kl"]
         summary["mean_step_time_s"] = float(np.mean([r["step_time"] for r in rows]))
     write_json(out / "summary.json", summary)
-    return TrainResult(out, step, evals, row, summary, model)
+    result = TrainResult(out, step, evals, row, summary)
+    result.model = model
+    return result
 
 
 def grpo_step(
