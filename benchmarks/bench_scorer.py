@@ -96,7 +96,8 @@ def main() -> None:
     onnx8 = Scorer.load(args.onnx, precision="int8", provider="cpu", num_threads=args.threads)
     assert onnx8.max_length == SEQ and student.max_length == SEQ, "the benchmark assumes max_length 128"
     t_cfg = AutoConfig.from_pretrained(args.teacher)
-    s_cfg = AutoConfig.from_pretrained(args.student)
+    student_cfg_dir = os.path.join(args.student, "encoder")  # embedding-head students keep the encoder there
+    s_cfg = AutoConfig.from_pretrained(student_cfg_dir if os.path.isdir(student_cfg_dir) else args.student)
     rows = [
         ("(a) RoBERTa-base-sized, PyTorch fp32", roberta_fn, cfg_flops(roberta_cfg)),
         ("(b) teacher, PyTorch fp32", lambda n: teacher(texts[:n]), cfg_flops(t_cfg)),

@@ -6,8 +6,9 @@ The recipe (chosen to finish in about 20 minutes on 2 cores):
 
 * teacher: the offline all-MiniLM-L6-v2 encoder, ``mixed`` objective (Bradley-Terry + MSE to 1/0, so
   scores sit roughly in [0, 1] and rank pairs), 1 epoch over a source-balanced subsample of 2,000 pairs (word embeddings frozen);
-* student: the teacher's first 3 layers (word embeddings frozen), distilled with MSE on the teacher's
-  scores of 2,400 training texts (1,200 pairs) plus 600 unlabelled BOLD / HolisticBias prompts;
+* student: the teacher's own first 3 encoder layers, frozen, + mean pooling + an MLP head trained with MSE
+  on the teacher's scores of 2,400 training texts (1,200 pairs) plus 600 unlabelled BOLD / HolisticBias
+  prompts (embeddings are computed once, so only the head trains);
 * export: fp32 + int8 ONNX, parity-checked; evaluation on the test split is written into the model card.
 """
 
@@ -46,9 +47,12 @@ def default_train_config() -> Any:
 def default_distill_config() -> Any:
     from biasgrpo.reward.distill import DistillConfig
 
+    # Measured on the data build (val, 800 texts): this student reached Spearman 0.82 with the teacher and
+    # the teacher's pairwise accuracy; a 3-layer truncated student fine-tuned for the same ~100 CPU steps
+    # collapsed to near-constant scores (Spearman 0.35) and the frozen full MiniLM + head reached 0.73.
     return DistillConfig(
-        student="truncated", num_layers=3, objective="mse", epochs=1, batch_size=32, lr=2e-4, max_length=128,
-        max_records=1200, max_unlabeled=600, max_val=400, freeze_embeddings=True,
+        student="embedding_head", encoder="teacher", encoder_layers=3, head="mlp", head_epochs=100,
+        objective="mse", batch_size=32, max_length=128, max_records=1200, max_unlabeled=600, max_val=400,
     )  # fmt: skip
 
 
@@ -130,7 +134,7 @@ def build_default(
         "student_vs_teacher_val": student_metrics.get("val_vs_teacher"),
     }
     card = {
-        "title": "biasgrpo default bias reward model (MiniLM-L6 teacher -> 3-layer student, int8 ONNX)",
+        "title": "biasgrpo default bias reward model (MiniLM-L6 teacher -> 3-layer frozen encoder + MLP head, int8 ONNX)",
         "training_data": f"`biasgrpo data build` at {data}: CrowS-Pairs, StereoSet (dev) and BBQ preference pairs "
         "(chosen = less biased), source-balanced subsample; unlabelled BOLD / HolisticBias prompts for distillation. "
         "Licences: CC BY-SA 4.0 (CrowS-Pairs, StereoSet, BOLD, HolisticBias), CC BY 4.0 (BBQ).",
