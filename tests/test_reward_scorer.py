@@ -229,3 +229,21 @@ def test_fp32_onnx_matches_torch_on_new_texts(tiny_scorer_dir: Path):
     ref = torch_scorer(TEXTS, prompts)
     got = Scorer.load(tiny_scorer_dir, precision="fp32").score(TEXTS, prompts)
     assert np.max(np.abs(got - ref)) <= 1e-4
+
+
+def test_int8_fallback_keeps_ffn_output_in_fp32(tiny_scorer_dir: Path, tmp_path: Path):
+    from biasgrpo.reward.export import ExportConfig, ParityError, export_onnx
+
+    model_dir = tiny_scorer_dir.parent / "model"
+    # A rank threshold no quantised graph can meet forces the fallback, then the parity error.
+    with pytest.raises(ParityError, match="int8 Spearman >= 1.0"):
+        export_onnx(model_dir, tmp_path / "strict", ExportConfig(max_length=32, int8_min_spearman=1.0))
+    cfg = export_onnx(
+        model_dir, tmp_path / "kept", ExportConfig(max_length=32, int8_min_spearman=1.0, check_parity=False)
+    )
+    parity = cfg["parity"]
+    assert len(parity["int8_fp32_nodes"]) == 2  # one FFN output projection per layer of the 2-layer model
+    assert all("/output/dense/MatMul" in n and "attention" not in n for n in parity["int8_fp32_nodes"])
+    assert "int8_full_spearman_vs_fp32" in parity and parity["passed"] is False
+    assert not (tmp_path / "strict").exists()  # a failed export leaves nothing behind
+    assert Scorer.load(tmp_path / "kept").precision == "int8"
