@@ -378,15 +378,26 @@ def test_cli_without_seed_data_exits_2(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_produces_some_valid_output(tmp_path: Path) -> None:
-    seed = SeedData(list(SEEDS))
-    gen = HFGenerator("smollm2", batch_size=8)
-    res = synthesize(
-        SynthConfig(n=1, batch_size=8, max_generations=24),
-        gen,
-        seed,
-        tmp_path,
-        new_filter(seed),
-        progress=False,
-    )
-    assert res.generations_this_run <= 24 and (res.records or res.rejected)
+def test_smollm2_writes_parseable_items(tmp_path: Path) -> None:
+    """The real default generator: with the JSON prefill, some of 8 answers parse (60-75% did in the benchmarks)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a busy shared CPU, 2 threads run many times slower than 1
+    try:
+        seed = SeedData(list(SEEDS))
+        gen = HFGenerator("smollm2", batch_size=8)
+        res = synthesize(
+            SynthConfig(n=8, batch_size=8, max_generations=8, max_new_tokens=120),
+            gen,
+            seed,
+            tmp_path,
+            new_filter(seed),
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert res.generations_this_run == 8
+    parsed = len(res.records) + sum(v for k, v in res.rejected.items() if k.startswith("filter/"))
+    assert parsed >= 1, res.rejected
+    assert all(r.meta["generator"] == "hf:smollm2" for r in res.records)
