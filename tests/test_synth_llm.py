@@ -60,6 +60,36 @@ def test_http_retries_500_429_malformed_body_and_dropped_connection() -> None:
     assert s["retry:bad_body"] == 2 and s["retry:connection"] == 1 and s["ok"] == 1
 
 
+def test_http_garbage_status_line_is_retried() -> None:
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    hits = []
+
+    def serve():  # first connection: not HTTP at all; second: a valid answer
+        for i in range(2):
+            conn, _ = srv.accept()
+            conn.recv(65536)
+            hits.append(i)
+            if i == 0:
+                conn.sendall(b"garbage that is not HTTP\r\n\r\n")
+            else:
+                body = b'{"choices": [{"message": {"role": "assistant", "content": "fine"}}]}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    gen = OpenAIChatGenerator("m", f"http://127.0.0.1:{srv.getsockname()[1]}/v1", backoff=0.0, max_retries=2)
+    out = gen.generate([CONV], PARAMS)
+    t.join(5)
+    srv.close()
+    assert out[0].text == "fine" and gen.stats["retry:connection"] == 1 and hits == [0, 1]
+
+
 def test_http_gives_up_after_max_retries_without_raising() -> None:
     with ChatServer(script=[("status", 500)] * 10) as srv:
         gen = client(srv, max_retries=2)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import http.client
 import json
 import logging
 import os
@@ -357,7 +358,7 @@ class OpenAIChatGenerator:
         except urllib.error.URLError as exc:
             reason = "timeout" if isinstance(exc.reason, (TimeoutError, socket.timeout)) else "connection"
             raise _RetryableError(reason) from None
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, http.client.HTTPException):  # reset, refused, bad status line
             raise _RetryableError("connection") from None
         try:
             payload = json.loads(raw)
