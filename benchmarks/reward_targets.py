@@ -62,8 +62,8 @@ def main() -> None:
     }
     teacher_scores = np.concatenate([tc, tr])
 
-    for folder in args.onnx or ["runs/real/onnx"]:
-        for precision in ("int8", "fp32"):
+    for n_folder, folder in enumerate(args.onnx or ["runs/real/onnx"]):
+        for precision in ("int8", "fp32") if n_folder == 0 else ("int8",):  # fp32 for the first folder only
             t = time.time()
             scorer = Scorer.load(folder, precision=precision, provider="cpu")
             report = evaluate_records(scorer.score, test)
