@@ -60,7 +60,7 @@ def test_pipeline_end_to_end_on_tiny_models(tmp_path, tiny_encoder_dir, tiny_cau
         synth_n=0,
         reward_train={"base_model": str(tiny_encoder_dir), "max_train": 40, "max_val": 20, "max_length": 32,
                       "batch_size": 8},
-        reward_distill={"num_layers": 1, "max_records": 40, "max_unlabeled": 10, "max_val": 20, "max_length": 32},
+        reward_distill={"num_layers": 1, "encoder_layers": 1, "max_records": 40, "max_unlabeled": 10, "max_val": 20, "max_length": 32},
         policy=str(tiny_causal_lm_dir),
         grpo={"max_steps": 2, "num_generations": 2, "prompts_per_step": 2, "max_new_tokens": 4, "eval_every": 0,
               "num_eval_prompts": 2, "save_every": 0},
