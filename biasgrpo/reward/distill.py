@@ -107,6 +107,7 @@ class DistillConfig:
     @classmethod
     def tiny(cls, **overrides: Any) -> DistillConfig:
         base = dict(
+            freeze_embeddings=False,
             num_layers=1,
             epochs=2,
             batch_size=8,
