@@ -205,7 +205,10 @@ def test_cli_train_export_score_eval_round_trip(tiny_encoder_dir: Path, toy_data
                               "--base-model", str(tiny_encoder_dir), "--tiny"])  # fmt: skip
     assert res.exit_code == 0, res.output
     onnx = tmp_path / "onnx"
-    res = runner.invoke(app, ["export", "--model", str(model), "--out", str(onnx), "--val", str(toy_data[1]), "--no-check-parity"])
+    res = runner.invoke(
+        app,
+        ["export", "--model", str(model), "--out", str(onnx), "--val", str(toy_data[1]), "--no-check-parity"],
+    )
     assert res.exit_code == 0, res.output
     rows = [{"text": GOOD[0], "prompt": "p", "id": 1}, {"text": BAD[0]}]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
