@@ -1,4 +1,3 @@
-# NOTE FOR EVERY ENGINEER WORKING TODAY: read CONTRIBUTING.md (git rules: commit only your own files; deadline 18:25 UTC report).
 """The ``biasgrpo`` command line: a thin typer app over the library functions.
 
 Each component owns its commands in its own ``cli.py``; this module only wires them together.

@@ -1,4 +1,3 @@
-# NOTE FOR EVERY ENGINEER WORKING TODAY: read CONTRIBUTING.md (git rules: commit only your own files; deadline 18:25 UTC report).
 """Shared fixtures: tiny random models built offline (never downloaded), reused across tests.
 
 Models are built once per session into a temp folder; tests load them from disk (or take a deep copy
