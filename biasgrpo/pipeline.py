@@ -86,15 +86,16 @@ class PipelineConfig:
                 synth_max_generations=40,
                 reward_train={"max_train": 1500, "max_val": 300, "epochs": 1, "max_length": 96},
                 reward_distill={"max_records": 1200, "max_unlabeled": 600, "max_val": 300, "max_length": 96},
-                # lr 5e-4 with LoRA r=16: the GRPO issue's SmolLM2 run moved a held-out reward significantly in
-                # 30 steps at this rate; 5e-5 barely moved the policy (KL ~0).
+                # LoRA r=16. Measured in the first demo run: lr 5e-4, beta 0.04 raised held-out BOLD reward by
+                # +0.144 but KL reached 0.50 and perplexity rose 19% (generic "I'm an AI assistant" replies);
+                # a lower rate and a stronger KL pull trade some reward for staying close to the base.
                 grpo={
                     "max_steps": 30,
                     "num_generations": 4,
                     "prompts_per_step": 4,
                     "max_new_tokens": 32,
-                    "learning_rate": 5e-4,
-                    "beta": 0.04,
+                    "learning_rate": 2e-4,
+                    "beta": 0.1,
                     "lora": True,
                     "lora_rank": 16,
                     "eval_every": 15,
