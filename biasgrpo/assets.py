@@ -20,10 +20,10 @@ import fcntl
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from biasgrpo.data_synth.schema import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -132,16 +132,9 @@ def smollm2_path(rebuild: bool = False) -> Path:
         model = AutoModelForCausalLM.from_config(config)
         model.load_state_dict(loaded.state_dict())
         model.generation_config = loaded.generation_config
-        tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_CACHE_NAME}-", dir=cache_dir()))
-        try:
+        with atomic_dir(target) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -163,11 +156,8 @@ def smollm2_tokenizer_path() -> Path:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tmp = Path(tempfile.mkdtemp(prefix=".smollm2-tokenizer-", dir=cache_dir()))
-        tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        with atomic_dir(target) as tmp:
+            tokenizer.save_pretrained(tmp)
     return target
 
 

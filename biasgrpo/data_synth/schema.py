@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -270,6 +271,27 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Build a folder under a temporary name next to ``target`` and swap it in only when the block succeeds.
+
+    A crash or exception leaves ``target`` as it was (old contents or absent) and removes the partial folder,
+    so a half-written model, checkpoint or cache entry never looks finished.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes owner-only folders; models and caches are meant to be shared
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[Record | dict[str, Any]]) -> int:

@@ -21,12 +21,13 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from biasgrpo.data_synth.schema import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,7 @@ def save_checkpoint(
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step_{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step}-", dir=root))
-    try:
+    with atomic_dir(target) as tmp:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt"
@@ -88,12 +88,6 @@ def save_checkpoint(
             "numpy_random": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         }
         (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     if keep > 0:
         for old in list_checkpoints(out_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

@@ -19,8 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -31,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from biasgrpo.data_synth.schema import PreferenceRecord, PromptRecord, ScalarRecord, write_json
+from biasgrpo.data_synth.schema import PreferenceRecord, PromptRecord, ScalarRecord, atomic_dir, write_json
 from biasgrpo.reward.data import Batcher, balanced_subsample, read_records
 from biasgrpo.reward.metrics import evaluate_records, mse, pairwise_accuracy, spearman
 from biasgrpo.reward.model import (
@@ -380,8 +378,6 @@ def distill_from_model(
     metrics["seconds"] = round(time.time() - t0, 1)
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     reward_fields = {
         "max_length": config.max_length,
         "input_template": template.to_dict(),
@@ -389,7 +385,7 @@ def distill_from_model(
         "base_model": config.encoder if config.student == "embedding_head" else config.student_base,
         **(provenance or {}),
     }
-    try:
+    with atomic_dir(out_dir) as tmp:
         if config.student == "embedding_head":
             model.save(tmp, tokenizer, **reward_fields)
         else:
@@ -398,13 +394,6 @@ def distill_from_model(
             write_reward_config(tmp, kind="sequence_classification", **reward_fields)
         write_json(tmp / "distill_config.json", asdict(config))
         write_json(tmp / "metrics.json", metrics)
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return metrics
 
 

@@ -16,8 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from biasgrpo.data_synth.schema import atomic_write_text, write_json
+from biasgrpo.data_synth.schema import atomic_dir, atomic_write_text, write_json
 from biasgrpo.reward.metrics import spearman
 from biasgrpo.reward.scorer import (
     MODEL_FP32,
@@ -246,9 +244,7 @@ def export_onnx(
             f"validation_prompts has {len(prompts)} entries but validation_texts has {len(texts)}"
         )
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         ex = encode(
             tokenizer, texts[:2], prompts[:2] if prompts else None, template, max_length, pad_id=pad_id
         )
@@ -338,14 +334,7 @@ def export_onnx(
         scorer_cfg["files"] = {name: _sha256(tmp / name) for name in [*models.values(), TOKENIZER_FILE]}
         write_json(tmp / SCORER_CONFIG, scorer_cfg)
         atomic_write_text(tmp / "README.md", model_card_text(scorer_cfg, model_card))
-        # mkdtemp/mkstemp create owner-only files; a model folder is meant to be shared and served.
-        os.chmod(tmp, 0o755)
+        # onnxruntime's quantizer leaves owner-only files; a model folder is meant to be shared and served.
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return scorer_cfg

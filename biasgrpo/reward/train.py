@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from biasgrpo.data_synth.schema import write_json
+from biasgrpo.data_synth.schema import atomic_dir, write_json
 from biasgrpo.reward.data import Batcher, balanced_subsample, batches, read_records, to_pairs, to_scalars
 from biasgrpo.reward.metrics import evaluate_records
 from biasgrpo.reward.model import ScoreModule, TorchScorer, build_teacher, write_reward_config
@@ -111,9 +110,7 @@ class TrainConfig:
 
 
 def _atomic_save(model: Any, tokenizer: Any, out_dir: Path, reward_fields: dict[str, Any]) -> None:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_reward_config(tmp, **reward_fields)
@@ -124,13 +121,6 @@ def _atomic_save(model: Any, tokenizer: Any, out_dir: Path, reward_fields: dict[
         )
         for p in extra:
             shutil.copy2(p, tmp / p.name)
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def validate(scorer: TorchScorer, val_records: list[Any]) -> dict[str, Any]:
