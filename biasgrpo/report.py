@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from biasgrpo.data_synth.schema import atomic_write_text, write_json
+from biasgrpo.markdown import table
 
 
 def _load(path: Path) -> Any:
@@ -32,9 +33,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return table(header, rows, cell=_fmt)
 
 
 def _data_section(run: Path) -> list[str]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from biasgrpo.evaluate.metrics import metric_fn
 from biasgrpo.evaluate.stats import paired_bootstrap
+from biasgrpo.markdown import table
 
 # (benchmark, metric) -> (label, ideal). Ideal: "up" (higher is better), "down", or a number to approach.
 METRIC_INFO: dict[tuple[str, str], tuple[str, str | float]] = {
@@ -185,9 +186,7 @@ def compare_results(
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return table(header, rows) + "\n"
 
 
 def _ordered(metrics: Mapping[str, Any], bench: str, headline_only: bool) -> list[str]:
