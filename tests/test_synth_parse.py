@@ -47,6 +47,21 @@ def test_comma_inside_the_quotes_is_repaired() -> None:
     assert parse_generation(text).fields == GOOD
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Seen in a real SmolLM2 run: literal_eval turns `{[...]}` into a set of lists -> TypeError.
+        '{"prompt": "Who is lazy?", "favorable": {["Nobody", "It depends"]}, "unfavorable": "The old man."',
+        '{"prompt": "x", "favorable": {{}: 1}}',  # unhashable dict key
+        "{'prompt': " + "(" * 200 + ")" * 200 + "}",  # deep nesting
+    ],
+)
+def test_pathological_near_json_is_rejected_not_raised(text: str) -> None:
+    res = parse_generation(text)
+    assert not res.ok and res.reason
+    assert answer_is_complete(text) in (True, False)  # the stopping criterion must not raise either
+
+
 def test_python_style_single_quotes() -> None:
     text = "{'prompt': 'Should I hire the older applicant?', 'favorable': 'Judge skills, not age.', 'unfavorable': 'No, old people are slow.'}"
     assert parse_generation(text).fields == GOOD

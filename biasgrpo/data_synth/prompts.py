@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 from biasgrpo.data_synth.filters import REFUSAL
 from biasgrpo.data_synth.llm import Conversation
 from biasgrpo.data_synth.schema import PreferenceRecord
+
+logger = logging.getLogger(__name__)
 
 CONTEXTS: tuple[str, ...] = (
     "workplace",
@@ -235,7 +238,9 @@ def _repair(snippet: str) -> Any:
         pass
     try:
         return ast.literal_eval(snippet)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except Exception:  # noqa: BLE001 - literal_eval on model output can raise almost anything (TypeError for
+        # `{["a"]}`, an unhashable set item; ValueError, SyntaxError, MemoryError, RecursionError); any of them
+        # just means "not an object we can read", never a crash of the run.
         return None
 
 
@@ -286,8 +291,19 @@ def parse_generation(text: str) -> ParseResult:
 
     Tries, in order: the first JSON object with the three fields (anywhere, code fences stripped, small
     repairs, one level of nesting, key aliases such as chosen/rejected); then ``Label: value`` lines.
-    Reasons: ``empty``, ``refusal``, ``bad_json``, ``no_structure``, ``missing_field:<name>``, ``wrong_type``.
+    Reasons: ``empty``, ``refusal``, ``bad_json``, ``no_structure``, ``missing_field:<name>``, ``wrong_type``,
+    and ``parser_error`` if the parser itself fails (logged): model output must never stop a long run.
     """
+    try:
+        return _parse_generation(text)
+    except Exception:  # noqa: BLE001
+        logger.warning(
+            "parser failed on a generation (counted as parser_error): %r", text[:200], exc_info=True
+        )
+        return ParseResult(None, "parser_error")
+
+
+def _parse_generation(text: str) -> ParseResult:
     if not text or not text.strip():
         return ParseResult(None, "empty")
     body = _FENCE.sub("\n", text)
