@@ -24,6 +24,7 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -317,6 +318,36 @@ def robustness(model: Path, precision: str, n: int, bodies, expected, tol) -> di
     }  # fmt: skip
 
 
+def direct_ceiling(model: Path, precision: str, split, n: int = 64, rounds: int = 3) -> dict:
+    """In-process ``Scorer.score`` with no HTTP: ms per row at one row per call vs 32 rows per call.
+
+    Their ratio bounds what any micro-batching server can gain on this machine: batching only saves the
+    per-call cost, never the per-row compute.
+    """
+    from biasgrpo.reward.scorer import Scorer
+
+    scorer = Scorer.load(model, precision=precision)
+    prompts, texts = [s[0] for s in split[:n]], [s[1] for s in split[:n]]
+    scorer.score(texts[:8], prompts=prompts[:8])  # warm-up
+    one, many = [], []
+    for _ in range(rounds):  # interleaved, so background noise hits both alike
+        t = time.perf_counter()
+        for i in range(n):
+            scorer.score([texts[i]], prompts=[prompts[i]])
+        one.append((time.perf_counter() - t) / n)
+        t = time.perf_counter()
+        for i in range(0, n, 32):
+            scorer.score(texts[i : i + 32], prompts=prompts[i : i + 32])
+        many.append((time.perf_counter() - t) / n)
+    ms1, ms32 = 1000 * statistics.median(one), 1000 * statistics.median(many)
+    return {
+        "model": _label(model),
+        "ms_per_row_batch1": ms1,
+        "ms_per_row_batch32": ms32,
+        "ceiling": ms1 / ms32,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -354,8 +385,10 @@ def main() -> None:
         "throughput": [],
         "robustness": None,
     }
+    record["direct"] = []
     for name in args.models.split(","):
         model = find_or_build_model(name.strip())
+        record["direct"].append(direct_ceiling(model, args.precision, split))
         big = _label(model) != "tiny"
         levels = (
             ({1: 30, 8: 100, 32: 200} if big else {1: 200, 8: 500, 32: 1000})
@@ -395,6 +428,14 @@ def main() -> None:
             )  # fmt: skip
             r["speedup"] = r["rps"] / off["rps"]
             print(f"| {r['model']} | {r['concurrency']} | {r['speedup']:.2f}x |")
+    print(
+        "\n### In-process ceiling (Scorer.score, no HTTP): the most micro-batching can gain here\n"
+        "\n| model | ms/row, 1 row per call | ms/row, 32 rows per call | ratio |\n|---|---:|---:|---:|"
+    )
+    for d in record["direct"]:
+        print(
+            f"| {d['model']} | {d['ms_per_row_batch1']:.2f} | {d['ms_per_row_batch32']:.2f} | {d['ceiling']:.2f}x |"
+        )
     rb = record["robustness"]
     print(
         f"\n### {rb['requests']} requests at concurrency 32 ({rb['model']}), {rb['malformed']} malformed ({100 * rb['malformed'] / rb['requests']:.1f}%)\n"

@@ -37,7 +37,7 @@ def main() -> None:
     import numpy as np
 
     from biasgrpo.data_synth.schema import load_records
-    from biasgrpo.reward.metrics import evaluate_records, pairwise_accuracy, spearman
+    from biasgrpo.reward.metrics import pairwise_accuracy, spearman
     from biasgrpo.reward.model import TorchScorer
     from biasgrpo.reward.scorer import Scorer
 
@@ -47,17 +47,27 @@ def main() -> None:
         sub = random.Random(0).sample(test, args.max_teacher)
     results: dict[str, dict] = {}
 
+    def accuracies(records, chosen, rejected) -> dict:
+        """Overall, per source, and BBQ split by context (ambiguous: the unknown answer vs the biased one;
+        disambiguated: the answer the context supports vs the other person, i.e. reading comprehension)."""
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(records):
+            groups.setdefault(r.source, []).append(i)
+            cond = r.meta.get("context_condition") if isinstance(r.meta, dict) else None
+            if cond:
+                groups.setdefault(f"{r.source}:{cond}", []).append(i)
+        return {
+            "accuracy": pairwise_accuracy(chosen, rejected),
+            "by_source": {g: pairwise_accuracy(chosen[i], rejected[i]) for g, i in sorted(groups.items())},
+        }
+
     t = time.time()
     teacher = TorchScorer.from_dir(args.teacher, batch_size=64)
     tc = teacher([r.chosen for r in sub], [r.prompt for r in sub])
     tr = teacher([r.rejected for r in sub], [r.prompt for r in sub])
-    by_src: dict[str, list[int]] = {}
-    for i, r in enumerate(sub):
-        by_src.setdefault(r.source, []).append(i)
     results["teacher (PyTorch)"] = {
         "n_pairs": len(sub),
-        "accuracy": pairwise_accuracy(tc, tr),
-        "by_source": {s: pairwise_accuracy(tc[idx], tr[idx]) for s, idx in sorted(by_src.items())},
+        **accuracies(sub, tc, tr),
         "seconds": round(time.time() - t, 1),
     }
     teacher_scores = np.concatenate([tc, tr])
@@ -66,17 +76,17 @@ def main() -> None:
         for precision in ("int8", "fp32") if n_folder == 0 else ("int8",):  # fp32 for the first folder only
             t = time.time()
             scorer = Scorer.load(folder, precision=precision, provider="cpu")
-            report = evaluate_records(scorer.score, test)
-            pw = report["pairwise"]
-            sc = scorer.score(
-                [r.chosen for r in sub] + [r.rejected for r in sub], [r.prompt for r in sub] * 2
-            )
+            prompts = [r.prompt for r in test]
+            sc_c = scorer.score([r.chosen for r in test], prompts)
+            sc_r = scorer.score([r.rejected for r in test], prompts)
+            pos = {id(r): i for i, r in enumerate(test)}
+            rows_of_sub = np.array([pos[id(r)] for r in sub])
+            student_sub = np.concatenate([sc_c[rows_of_sub], sc_r[rows_of_sub]])
             row = {
-                "n_pairs": pw["n"],
-                "accuracy": pw["accuracy"],
-                "by_source": {k: v["accuracy"] for k, v in pw["by_source"].items()},
-                "spearman_vs_teacher": spearman(sc, teacher_scores),
-                "n_spearman_texts": len(sc),
+                "n_pairs": len(test),
+                **accuracies(test, sc_c, sc_r),
+                "spearman_vs_teacher": spearman(student_sub, teacher_scores),
+                "n_spearman_texts": len(student_sub),
                 "seconds": round(time.time() - t, 1),
             }
             if precision == "int8":
@@ -89,7 +99,7 @@ def main() -> None:
                 row["score_std"] = float(np.std(b32))
             results[f"{os.path.basename(os.path.normpath(folder))} ONNX {precision}"] = row
 
-    sources = sorted({r.source for r in test})
+    sources = sorted({g for row in results.values() for g in row["by_source"]})
     print(
         "\n| model | test pairs | pairwise acc | "
         + " | ".join(f"acc {s}" for s in sources)
