@@ -257,3 +257,41 @@ def test_cli_train_export_score_eval_round_trip(tiny_encoder_dir: Path, toy_data
         ],
     )
     assert res.exit_code == 2 and "bad.jsonl:1" in res.output
+
+
+def test_evaluate_records_breaks_bbq_down_by_context_condition():
+    from biasgrpo.data_synth.schema import PreferenceRecord
+    from biasgrpo.reward.metrics import evaluate_records, format_report
+
+    def rec(i, cond, source="bbq"):
+        meta = {"context_condition": cond} if cond else {}
+        return PreferenceRecord(
+            prompt=f"q{i}", chosen=f"good {i}", rejected=f"bad {i}", domain="age", source=source,
+            id=f"{source}:{i}", meta=meta,
+        )  # fmt: skip
+
+    records = [
+        rec(0, "ambig"),
+        rec(1, "ambig"),
+        rec(2, "disambig"),
+        rec(3, "disambig"),
+        rec(4, None, "crows"),
+    ]
+
+    def score(texts, prompts):  # right on ambig and crows, wrong on disambig
+        return np.array(
+            [
+                (1.0 if t.startswith("good") else 0.0) * (-1 if p in ("q2", "q3") else 1)
+                for t, p in zip(texts, prompts, strict=True)
+            ]
+        )
+
+    pw = evaluate_records(score, records)["pairwise"]
+    assert pw["accuracy"] == pytest.approx(3 / 5)
+    assert pw["by_source"]["bbq"] == {"n": 4, "accuracy": 0.5}
+    assert pw["by_subset"]["bbq:ambig"] == {"n": 2, "accuracy": 1.0}
+    assert pw["by_subset"]["bbq:disambig"] == {"n": 2, "accuracy": 0.0}
+    assert pw["by_subset"]["crows"] == {"n": 1, "accuracy": 1.0}
+    assert "subset=bbq:disambig | 2 | 0.0000" in format_report({"pairwise": pw})
+    # without any context_condition there is nothing to break down
+    assert evaluate_records(score, [rec(5, None, "crows")])["pairwise"]["by_subset"] == {}

@@ -98,12 +98,21 @@ def _grouped(keys: Sequence[str], chosen: np.ndarray, rejected: np.ndarray) -> d
     }
 
 
+def _subset(record: Any) -> str:
+    """``source:context_condition`` when the record's meta has one (BBQ), else the source."""
+    meta = getattr(record, "meta", None)
+    cond = meta.get("context_condition") if isinstance(meta, dict) else None
+    return f"{record.source}:{cond}" if isinstance(cond, str) and cond else record.source
+
+
 def evaluate_records(score_fn: ScoreFn, records: Sequence[Any]) -> dict[str, Any]:
     """Evaluate a scoring function ``score_fn(texts, prompts) -> scores`` on preference and/or scalar records.
 
-    Preference records give pairwise accuracy (overall, per domain, per source) and the calibration of the
-    Bradley-Terry probability sigmoid(s_chosen - s_rejected); scalar records give Spearman, MSE and the
-    calibration of the (clipped) score against the label.
+    Preference records give pairwise accuracy (overall, per domain, per source, and per subset when a
+    record's ``meta`` names its ``context_condition``: BBQ's ambiguous pairs test bias, its disambiguated
+    pairs test reading comprehension, so one number would hide which one a model fails) and the calibration
+    of the Bradley-Terry probability sigmoid(s_chosen - s_rejected); scalar records give Spearman, MSE and
+    the calibration of the (clipped) score against the label.
     """
     prefs = [r for r in records if getattr(r, "kind", None) == "preference"]
     scalars = [r for r in records if getattr(r, "kind", None) == "scalar"]
@@ -114,12 +123,14 @@ def evaluate_records(score_fn: ScoreFn, records: Sequence[Any]) -> dict[str, Any
         prompts = [r.prompt for r in prefs]
         chosen = np.asarray(score_fn([r.chosen for r in prefs], prompts), dtype=np.float64)
         rejected = np.asarray(score_fn([r.rejected for r in prefs], prompts), dtype=np.float64)
+        subsets = [_subset(r) for r in prefs]
         out["pairwise"] = {
             "n": len(prefs),
             "accuracy": pairwise_accuracy(chosen, rejected),
             "mean_margin": float(np.mean(chosen - rejected)),
             "by_domain": _grouped([r.domain for r in prefs], chosen, rejected),
             "by_source": _grouped([r.source for r in prefs], chosen, rejected),
+            "by_subset": _grouped(subsets, chosen, rejected) if any(":" in k for k in subsets) else {},
             "calibration": calibration(sigmoid(chosen - rejected), np.ones(len(prefs))),
         }
     if scalars:
@@ -146,8 +157,8 @@ def format_report(report: dict[str, Any]) -> str:
             "| group | n | accuracy |",
             "|---|---|---|",
         ]
-        for name in ("by_source", "by_domain"):
-            for key, row in pw[name].items():
+        for name in ("by_source", "by_subset", "by_domain"):
+            for key, row in pw.get(name, {}).items():
                 lines.append(f"| {name[3:]}={key} | {row['n']} | {row['accuracy']:.4f} |")
     sc = report.get("scalar")
     if sc:
