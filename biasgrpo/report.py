@@ -100,6 +100,9 @@ def _reward_section(run: Path) -> list[str]:
     rows = [["test pairwise accuracy (int8 ONNX student)", pairwise.get("accuracy")]]
     for src, m in (pairwise.get("by_source") or {}).items():
         rows.append([f"  {src}", m.get("accuracy") if isinstance(m, dict) else m])
+    for sub, m in (pairwise.get("by_subset") or {}).items():
+        if ":" in sub:  # e.g. bbq:ambig / bbq:disambig; plain sources are listed above
+            rows.append([f"  {sub}", m.get("accuracy") if isinstance(m, dict) else m])
     if teacher:
         rows.append(["teacher best val", json.dumps((teacher.get("best") or {}).get("select"))])
     if student:
