@@ -2,14 +2,19 @@
 
 ``biasgrpo reward build-default`` writes into ``<cache>/reward/default-v1/`` (``load_scorer()`` with no
 argument loads ``.../onnx``). Each stage is skipped when its output already exists, unless ``rebuild``.
-The recipe (chosen to finish in about 20 minutes on 2 cores):
+The recipe (sized to finish in under 20 minutes on 2 idle cores):
 
 * teacher: the offline all-MiniLM-L6-v2 encoder, ``mixed`` objective (Bradley-Terry + MSE to 1/0, so
-  scores sit roughly in [0, 1] and rank pairs), 1 epoch over a source-balanced subsample of 2,000 pairs (word embeddings frozen);
-* student: the teacher's own first 3 encoder layers, frozen, + mean pooling + an MLP head trained with MSE
-  on the teacher's scores of 2,400 training texts (1,200 pairs) plus 600 unlabelled BOLD / HolisticBias
-  prompts (embeddings are computed once, so only the head trains);
+  scores sit roughly in [0, 1] and rank pairs), 2 epochs over a source-balanced subsample of 3,400 pairs
+  (all ~1,240 CrowS-Pairs training pairs, ~1,080 StereoSet, ~1,080 BBQ; word embeddings frozen);
+* student: the teacher's first 3 encoder layers (and its classifier), fine-tuned on the teacher's scores
+  (MSE + margin-MSE on pairs) over 3,000 training texts (1,500 pairs) plus 1,000 unlabelled BOLD /
+  HolisticBias prompts;
 * export: fp32 + int8 ONNX, parity-checked; evaluation on the test split is written into the model card.
+
+What it cannot do: BBQ's disambiguated questions ask which person the context says did something, i.e.
+reading comprehension; a 6-layer MiniLM trained for minutes on a CPU stays at chance there (it scores both
+answers alike), while it ranks BBQ's ambiguous pairs (unknown vs stereotyped answer) almost perfectly.
 """
 
 from __future__ import annotations
@@ -34,11 +39,11 @@ def default_train_config() -> Any:
     return TrainConfig(
         base_model="minilm",
         objective="mixed",
-        epochs=1,
+        epochs=2,
         batch_size=16,
         lr=1e-4,
         max_length=128,
-        max_train=2000,
+        max_train=3400,
         max_val=400,
         freeze_embeddings=True,
     )
@@ -47,12 +52,12 @@ def default_train_config() -> Any:
 def default_distill_config() -> Any:
     from biasgrpo.reward.distill import DistillConfig
 
-    # Measured on the data build (val, 800 texts): this student reached Spearman 0.82 with the teacher and
-    # the teacher's pairwise accuracy; a 3-layer truncated student fine-tuned for the same ~100 CPU steps
-    # collapsed to near-constant scores (Spearman 0.35) and the frozen full MiniLM + head reached 0.73.
+    # Measured on the data build, one teacher, 2,000 test texts (PyTorch fp32): this truncated student
+    # reached Spearman 0.915 with the teacher (3 epochs, lr 2e-4; 0.877 with 2 epochs at 1e-4), and the
+    # teacher's pairwise accuracy; the previous default (frozen 3-layer encoder + MLP head) is below it.
     return DistillConfig(
-        student="embedding_head", encoder="teacher", encoder_layers=3, head="mlp", head_epochs=100,
-        objective="mse", batch_size=32, max_length=128, max_records=1200, max_unlabeled=600, max_val=400,
+        student="truncated", num_layers=3, objective="both", epochs=3, lr=2e-4, batch_size=32,
+        max_length=128, max_records=1500, max_unlabeled=1000, max_val=300,
     )  # fmt: skip
 
 
@@ -130,11 +135,12 @@ def build_default(
     summary = {
         "test_pairwise_accuracy": report.get("pairwise", {}).get("accuracy"),
         "test_by_source": report.get("pairwise", {}).get("by_source"),
+        "test_by_subset": report.get("pairwise", {}).get("by_subset"),
         "teacher_best_val": (teacher_metrics.get("best") or {}).get("select"),
         "student_vs_teacher_val": student_metrics.get("val_vs_teacher"),
     }
     card = {
-        "title": "biasgrpo default bias reward model (MiniLM-L6 teacher -> 3-layer frozen encoder + MLP head, int8 ONNX)",
+        "title": "biasgrpo default bias reward model (MiniLM-L6 teacher -> its first 3 layers, distilled, int8 ONNX)",
         "training_data": f"`biasgrpo data build` at {data}: CrowS-Pairs, StereoSet (dev) and BBQ preference pairs "
         "(chosen = less biased), source-balanced subsample; unlabelled BOLD / HolisticBias prompts for distillation. "
         "Licences: CC BY-SA 4.0 (CrowS-Pairs, StereoSet, BOLD, HolisticBias), CC BY 4.0 (BBQ).",
@@ -142,8 +148,10 @@ def build_default(
         "intended_use": "A fast reward signal for bias-reducing RL fine-tuning (GRPO, PPO) and for ranking "
         "completions. Scores are relative: compare completions of the same prompt.",
         "limitations": "Trained on English benchmark templates; it learns what these benchmarks call biased, "
-        "rewards evasive 'cannot be determined' answers on BBQ-like questions, and can be gamed. Pair it with "
-        "a fluency or task reward and inspect samples.",
+        "rewards evasive 'cannot be determined' answers on BBQ-like questions, and can be gamed. It does not do "
+        "the reading comprehension that BBQ's disambiguated questions need: there it scores the supported and "
+        "the other answer about alike (see bbq:disambig above, near 0.5). Pair it with a fluency or task reward "
+        "and inspect samples.",
     }
     scorer_cfg = json.loads((onnx_dir / "scorer.json").read_text())
     atomic_write_text(onnx_dir / "README.md", model_card_text(scorer_cfg, card))
