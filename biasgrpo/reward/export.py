@@ -123,9 +123,27 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _eager_attention(module: Any) -> None:
+    """Switch every Hugging Face model inside ``module`` to the plain ("eager") attention implementation.
+
+    Traced from the default SDPA path, the graph carries transformers' mask-building code and a generic
+    attention pattern; the eager path traces to plain MatMul/Softmax. Measured on the default 3-layer
+    student (batch 32 x 128 tokens, 2 threads, int8): 260 -> 386 texts/s with identical scores.
+    """
+    from transformers import PreTrainedModel
+
+    for sub in module.modules():
+        if isinstance(sub, PreTrainedModel):
+            try:
+                sub.set_attn_implementation("eager")
+            except (ValueError, AttributeError, NotImplementedError) as exc:  # keep the model's own choice
+                logger.info("keeping %s attention for export: %s", type(sub).__name__, exc)
+
+
 def _export_graph(module: Any, example: dict[str, Any], path: Path, opset: int) -> None:
     import torch
 
+    _eager_attention(module)
     names = list(example)
     dynamic = {n: {0: "batch", 1: "sequence"} for n in names} | {"score": {0: "batch"}}
     with warnings.catch_warnings(), torch.no_grad():
