@@ -5,6 +5,8 @@ Rows (same texts, every input exactly 128 tokens):
       random weights, timing only), (b) the teacher in PyTorch, (c) the student in PyTorch,
   (d) the student in ONNX Runtime fp32, (e) the student in ONNX Runtime int8 (the default scorer).
 Measurements are interleaved round-robin so machine noise hits every row alike; ratios are against (a).
+(a) runs on pre-tokenized ids (random weights, no tokenizer to match), while (b)-(e) score raw text
+through the real scorers, tokenization and template included, so the ratios are conservative.
 FLOPs per text (matmul FLOPs of the encoder) and the measured fp32 matmul peak of this CPU show how far
 each row is from the hardware.
 
