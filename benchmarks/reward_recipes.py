@@ -29,13 +29,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def subset_key(record) -> str:
-    cond = record.meta.get("context_condition") if isinstance(record.meta, dict) else None
-    return f"{record.source}:{cond}" if cond else record.source
-
-
 def pick_mix(records, mix: dict[str, int], seed: int = 0) -> list:
     """Exactly ``mix[key]`` records of each subset key (shuffled with ``seed``)."""
+    from biasgrpo.reward.metrics import subset_key
+
     rng = random.Random(seed)
     by: dict[str, list] = collections.defaultdict(list)
     for r in records:
@@ -66,7 +63,7 @@ def main() -> None:
     import torch
 
     from biasgrpo.data_synth.schema import load_records
-    from biasgrpo.reward.metrics import spearman
+    from biasgrpo.reward.metrics import spearman, subset_key
     from biasgrpo.reward.model import TorchScorer
 
     torch.set_num_threads(args.threads)

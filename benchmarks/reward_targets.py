@@ -37,7 +37,7 @@ def main() -> None:
     import numpy as np
 
     from biasgrpo.data_synth.schema import load_records
-    from biasgrpo.reward.metrics import pairwise_accuracy, spearman
+    from biasgrpo.reward.metrics import pairwise_accuracy, spearman, subset_key
     from biasgrpo.reward.model import TorchScorer
     from biasgrpo.reward.scorer import Scorer
 
@@ -53,9 +53,8 @@ def main() -> None:
         groups: dict[str, list[int]] = {}
         for i, r in enumerate(records):
             groups.setdefault(r.source, []).append(i)
-            cond = r.meta.get("context_condition") if isinstance(r.meta, dict) else None
-            if cond:
-                groups.setdefault(f"{r.source}:{cond}", []).append(i)
+            if subset_key(r) != r.source:
+                groups.setdefault(subset_key(r), []).append(i)
         return {
             "accuracy": pairwise_accuracy(chosen, rejected),
             "by_source": {g: pairwise_accuracy(chosen[i], rejected[i]) for g, i in sorted(groups.items())},
@@ -71,6 +70,8 @@ def main() -> None:
         "seconds": round(time.time() - t, 1),
     }
     teacher_scores = np.concatenate([tc, tr])
+    pos = {id(r): i for i, r in enumerate(test)}
+    rows_of_sub = np.array([pos[id(r)] for r in sub])  # where the teacher's pairs sit in the test split
 
     for n_folder, folder in enumerate(args.onnx or ["runs/real/onnx"]):
         for precision in ("int8", "fp32") if n_folder == 0 else ("int8",):  # fp32 for the first folder only
@@ -79,8 +80,6 @@ def main() -> None:
             prompts = [r.prompt for r in test]
             sc_c = scorer.score([r.chosen for r in test], prompts)
             sc_r = scorer.score([r.rejected for r in test], prompts)
-            pos = {id(r): i for i, r in enumerate(test)}
-            rows_of_sub = np.array([pos[id(r)] for r in sub])
             student_sub = np.concatenate([sc_c[rows_of_sub], sc_r[rows_of_sub]])
             row = {
                 "n_pairs": len(test),

@@ -98,7 +98,7 @@ def _grouped(keys: Sequence[str], chosen: np.ndarray, rejected: np.ndarray) -> d
     }
 
 
-def _subset(record: Any) -> str:
+def subset_key(record: Any) -> str:
     """``source:context_condition`` when the record's meta has one (BBQ), else the source."""
     meta = getattr(record, "meta", None)
     cond = meta.get("context_condition") if isinstance(meta, dict) else None
@@ -123,7 +123,7 @@ def evaluate_records(score_fn: ScoreFn, records: Sequence[Any]) -> dict[str, Any
         prompts = [r.prompt for r in prefs]
         chosen = np.asarray(score_fn([r.chosen for r in prefs], prompts), dtype=np.float64)
         rejected = np.asarray(score_fn([r.rejected for r in prefs], prompts), dtype=np.float64)
-        subsets = [_subset(r) for r in prefs]
+        subsets = [subset_key(r) for r in prefs]
         out["pairwise"] = {
             "n": len(prefs),
             "accuracy": pairwise_accuracy(chosen, rejected),
